@@ -1,0 +1,95 @@
+"""A model checkpoint directory of safetensors files: single-file or sharded with an index."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.errors import InvalidModel
+from registry.safetensors_header import HeaderError, SafetensorsHeader, TensorInfo, read_header
+
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    files: list[Path]  # safetensors files in index order (or sorted)
+    headers: dict[Path, SafetensorsHeader]
+    index_file: Path | None
+
+    @property
+    def tensors(self) -> dict[str, TensorInfo]:
+        """Every tensor by name, across shards."""
+        out: dict[str, TensorInfo] = {}
+        for header in self.headers.values():
+            out.update(header.tensors)
+        return out
+
+    def file_of(self) -> dict[str, Path]:
+        return {name: h.path for h in self.headers.values() for name in h.tensors}
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(h.file_size for h in self.headers.values())
+
+    @property
+    def config(self) -> dict:
+        cfg = self.path / "config.json"
+        if cfg.is_file():
+            try:
+                data = json.loads(cfg.read_text())
+                return data if isinstance(data, dict) else {}
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return {}
+        return {}
+
+    @property
+    def architecture(self) -> str | None:
+        archs = self.config.get("architectures")
+        if isinstance(archs, list) and archs:
+            return str(archs[0])
+        mt = self.config.get("model_type")
+        return str(mt) if mt else None
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Find and parse the safetensors files of a model directory (or a single file)."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidModel(path, "no such file or directory")
+    if path.is_file():
+        files, index_file = [path], None
+        root = path.parent
+    else:
+        root = path
+        indexes = sorted(path.glob("*" + INDEX_SUFFIX))
+        index_file = indexes[0] if indexes else None
+        if index_file is not None:
+            try:
+                weight_map = json.loads(index_file.read_text())["weight_map"]
+            except (KeyError, json.JSONDecodeError, UnicodeDecodeError):
+                raise InvalidModel(path, f"{index_file.name} is not a valid index") from None
+            files = [path / f for f in dict.fromkeys(weight_map.values())]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise InvalidModel(path, f"shard {missing[0]} named in {index_file.name} is missing")
+        else:
+            files = sorted(path.glob("*.safetensors"))
+        if not files:
+            hint = "convert it to safetensors first" if any(path.glob("*.bin")) else None
+            raise InvalidModel(path, "no .safetensors weights found", hint)
+    headers: dict[Path, SafetensorsHeader] = {}
+    seen: dict[str, Path] = {}
+    for f in files:
+        try:
+            header = read_header(f)
+        except HeaderError as error:
+            raise InvalidModel(f, str(error)) from None
+        for name in header.tensors:
+            if name in seen:
+                raise InvalidModel(root, f"tensor {name} appears in {seen[name].name} and {f.name}")
+            seen[name] = f
+        headers[f] = header
+    return Checkpoint(root, files, headers, index_file)

@@ -1,0 +1,56 @@
+"""Named schema migrations, applied in order and recorded in `adapt_migration`.
+
+A migration is a function of a connection. Never edit one that has shipped; add the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, inspect, text
+
+from registry.db import models
+
+INITIAL_TABLES = [
+    models.Adapter, models.AdapterVersion, models.Blob, models.VersionFile, models.Lineage,
+    models.Tag, models.BaseModel, models.ValidationRun, models.EvalScore, models.HubLink,
+]
+
+
+def m001_initial(conn: Connection) -> None:
+    tables = [t.__table__ for t in INITIAL_TABLES]  # type: ignore[attr-defined]
+    models.SQLModel.metadata.create_all(conn, tables=tables)
+
+
+def m002_version_listing_index(conn: Connection) -> None:
+    # `adapt list` asks for the latest version of each adapter; this keeps it an index scan.
+    conn.execute(
+        text("CREATE INDEX IF NOT EXISTS ix_version_adapter_version "
+             "ON adapter_version (adapter_id, version)")
+    )
+
+
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("001_initial", m001_initial),
+    ("002_version_listing_index", m002_version_listing_index),
+]
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Apply pending migrations; return the names applied."""
+    table = models.Migration.__table__  # type: ignore[attr-defined]
+    applied_now: list[str] = []
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # one migrator at a time across processes
+            conn.execute(text("SELECT pg_advisory_xact_lock(4242)"))
+        if not inspect(conn).has_table(table.name):
+            table.create(conn, checkfirst=True)
+        done = {row[0] for row in conn.execute(text("SELECT name FROM adapt_migration"))}
+        for name, step in MIGRATIONS:
+            if name in done:
+                continue
+            step(conn)
+            conn.execute(table.insert().values(name=name, applied_at=models.utcnow()))
+            applied_now.append(name)
+    return applied_now

@@ -1,0 +1,351 @@
+"""Read a PEFT adapter directory: its config, its tensors' headers, and per-module factors.
+
+Everything here works from `adapter_config.json` and the safetensors header, without torch;
+`load_tensors` is the one place that reads tensor data (and imports torch lazily).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from registry.errors import InvalidAdapter, NonFiniteTensor, PickleRefused
+from registry.safetensors_header import HeaderError, SafetensorsHeader, TensorInfo, read_header
+
+if TYPE_CHECKING:
+    import torch
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_NAME = "adapter_model.bin"
+
+# Methods whose weights are virtual tokens, not weight deltas.
+PROMPT_METHODS = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT"}
+KNOWN_PEFT_TYPES = {
+    "LORA", "ADALORA", "LOHA", "LOKR", "IA3", "OFT", "BOFT", "VERA", "FOURIERFT", "HRA", "BONE",
+    "LN_TUNING", "POLY", "XLORA", "VBLORA", "RANDLORA", "SHIRA", "C3A", "MISS", "ROAD",
+    "TRAINABLE_TOKENS", "WAVEFT", "DELORA", "OSF", "GRALORA", "LILY", "ADAPTION_PROMPT",
+} | PROMPT_METHODS
+
+# The factor names each method stores per module, as they appear after the module path.
+FACTOR_PARTS = (
+    "lora_A", "lora_B", "lora_E", "lora_embedding_A", "lora_embedding_B",
+    "lora_magnitude_vector", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1",
+    "hada_t2", "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
+    "lokr_t2", "ia3_l",
+)
+_FACTOR_RE = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<part>"
+    + "|".join(sorted(FACTOR_PARTS, key=len, reverse=True))
+    + r")(?:\.(?P<param>weight|bias))?$"
+)
+_PREFIX = "base_model.model."
+
+
+def strip_prefix(key: str) -> str:
+    return key[len(_PREFIX) :] if key.startswith(_PREFIX) else key
+
+
+@dataclass
+class ModuleFactors:
+    """The tensors one adapted module owns, by part name (`lora_A`, `lora_B.bias`, `ia3_l`...)."""
+
+    module: str
+    parts: dict[str, TensorInfo] = field(default_factory=dict)
+
+    def shape(self, part: str) -> tuple[int, ...] | None:
+        info = self.parts.get(part)
+        return None if info is None else info.shape
+
+
+@dataclass
+class AdapterDir:
+    """A parsed, checked PEFT adapter directory."""
+
+    path: Path
+    config: dict[str, Any]
+    header: SafetensorsHeader
+    modules: dict[str, ModuleFactors]
+    extra_tensors: dict[str, TensorInfo]  # modules_to_save weights, saved embeddings, prompts
+
+    # -- config facts ---------------------------------------------------------------------
+    @property
+    def weights_path(self) -> Path:
+        return self.header.path
+
+    @property
+    def peft_type(self) -> str:
+        return str(self.config.get("peft_type", "")).upper()
+
+    @property
+    def method(self) -> str:
+        """PEFT type, with LoRA + use_dora reported as DORA."""
+        if self.peft_type == "LORA" and self.config.get("use_dora"):
+            return "DORA"
+        return self.peft_type
+
+    @property
+    def rank(self) -> int | None:
+        r = self.config.get("r")
+        return int(r) if isinstance(r, int | float) else None
+
+    @property
+    def alpha(self) -> float | None:
+        a = self.config.get("lora_alpha", self.config.get("alpha"))
+        return float(a) if isinstance(a, int | float) else None
+
+    @property
+    def use_rslora(self) -> bool:
+        return bool(self.config.get("use_rslora", False))
+
+    @property
+    def rank_pattern(self) -> dict[str, int]:
+        return dict(self.config.get("rank_pattern") or {})
+
+    @property
+    def alpha_pattern(self) -> dict[str, float]:
+        return dict(self.config.get("alpha_pattern") or {})
+
+    @property
+    def target_modules(self) -> list[str] | str | None:
+        t = self.config.get("target_modules")
+        if isinstance(t, list | tuple | set):
+            return sorted(str(x) for x in t)
+        return t
+
+    @property
+    def modules_to_save(self) -> list[str]:
+        return sorted(self.config.get("modules_to_save") or [])
+
+    @property
+    def task_type(self) -> str | None:
+        return self.config.get("task_type")
+
+    @property
+    def base_model(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+    @property
+    def fan_in_fan_out(self) -> bool:
+        return bool(self.config.get("fan_in_fan_out", False))
+
+    @property
+    def params(self) -> int:
+        return sum(t.numel for t in self.header.tensors.values())
+
+    @property
+    def size_bytes(self) -> int:
+        return self.header.file_size
+
+    @property
+    def dtype(self) -> str:
+        dtypes = sorted({t.dtype for t in self.header.tensors.values()})
+        return "+".join(dtypes) if dtypes else "none"
+
+    def files(self) -> list[Path]:
+        """The files that make up this adapter (config, weights, and small extras)."""
+        out = [self.path / CONFIG_NAME, self.weights_path]
+        for extra in ("README.md", "adapt.json"):
+            if (self.path / extra).is_file():
+                out.append(self.path / extra)
+        return out
+
+    # -- per-module facts -------------------------------------------------------------------
+    def rank_alpha(self, module: str) -> tuple[int, float]:
+        """r and alpha for one module, honouring rank_pattern and alpha_pattern as PEFT does."""
+        r = self.rank if self.rank is not None else 8
+        alpha = self.alpha if self.alpha is not None else float(r)
+        r_key = pattern_key(self.rank_pattern.keys(), module)
+        a_key = pattern_key(self.alpha_pattern.keys(), module)
+        return int(self.rank_pattern.get(r_key, r)), float(self.alpha_pattern.get(a_key, alpha))
+
+    def lora_scale(self, module: str) -> float:
+        """alpha / r, or alpha / sqrt(r) for rsLoRA (PEFT's `scaling`)."""
+        r, alpha = self.rank_alpha(module)
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+
+def pattern_key(pattern_keys: Iterable[str], module: str) -> str:
+    """The first pattern that matches `module` the way PEFT's get_pattern_key matches it."""
+    for key in pattern_keys:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return key
+    return module
+
+
+def read_adapter_dir(
+    path: str | Path, *, allow_pickle: bool = False, check: bool = True
+) -> AdapterDir:
+    """Parse `path` as a PEFT adapter directory and check its tensors against its config.
+
+    allow_pickle: accept a directory with only `adapter_model.bin` (the caller converts it).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InvalidAdapter(path, "no such directory")
+    if not path.is_dir():
+        raise InvalidAdapter(path, "not a directory", "pass the adapter's directory")
+    config_path = path / CONFIG_NAME
+    if not config_path.is_file():
+        raise InvalidAdapter(path, f"no {CONFIG_NAME}", "is this a PEFT adapter directory?")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except PermissionError:
+        raise InvalidAdapter(path, f"{CONFIG_NAME} is not readable") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidAdapter(path, f"{CONFIG_NAME} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise InvalidAdapter(path, f"{CONFIG_NAME} is not a JSON object")
+    peft_type = str(config.get("peft_type", "")).upper()
+    if not peft_type:
+        raise InvalidAdapter(path, f"{CONFIG_NAME} has no peft_type")
+    if peft_type not in KNOWN_PEFT_TYPES:
+        raise InvalidAdapter(path, f"unknown peft_type {config.get('peft_type')!r}")
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        if (path / PICKLE_NAME).is_file():
+            raise PickleRefused(path)
+        raise InvalidAdapter(path, f"no {WEIGHTS_NAME}")
+    try:
+        header = read_header(weights)
+    except HeaderError as error:
+        raise InvalidAdapter(path, f"{WEIGHTS_NAME}: {error}") from None
+    except PermissionError:
+        raise InvalidAdapter(path, f"{WEIGHTS_NAME} is not readable") from None
+    modules, extra = group_tensors(header.tensors)
+    adapter = AdapterDir(path, config, header, modules, extra)
+    if check:
+        check_factors(adapter)
+    return adapter
+
+
+def group_tensors(
+    tensors: Mapping[str, TensorInfo],
+) -> tuple[dict[str, ModuleFactors], dict[str, TensorInfo]]:
+    modules: dict[str, ModuleFactors] = {}
+    extra: dict[str, TensorInfo] = {}
+    for key, info in tensors.items():
+        m = _FACTOR_RE.match(key)
+        if not m:
+            extra[strip_prefix(key)] = info
+            continue
+        part = m["part"] + (f".{m['param']}" if m["param"] == "bias" else "")
+        modules.setdefault(m["module"], ModuleFactors(m["module"])).parts[part] = info
+    return dict(sorted(modules.items())), extra
+
+
+def check_factors(adapter: AdapterDir) -> None:
+    """Every adapted module has all its factors, with shapes that agree with r and each other."""
+    method = adapter.peft_type
+    if method in PROMPT_METHODS:
+        if not adapter.header.tensors:
+            raise InvalidAdapter(adapter.path, "prompt adapter has no tensors")
+        return
+    if not adapter.modules and not adapter.extra_tensors:
+        raise InvalidAdapter(adapter.path, "the weights file has no adapter tensors")
+    for name, mod in adapter.modules.items():
+        bad = _check_module(adapter, method, mod)
+        if bad:
+            raise InvalidAdapter(adapter.path, f"module {name}: {bad}")
+
+
+def _check_module(adapter: AdapterDir, method: str, mod: ModuleFactors) -> str | None:
+    s = mod.shape
+    if method in {"LORA", "ADALORA"}:
+        if "lora_embedding_A" in mod.parts or "lora_embedding_B" in mod.parts:
+            a, b = s("lora_embedding_A"), s("lora_embedding_B")
+            if a is None or b is None:
+                return "has only one of lora_embedding_A / lora_embedding_B"
+            if a[0] != b[1]:
+                return f"lora_embedding_A {list(a)} and lora_embedding_B {list(b)} disagree on r"
+            inner = a[0]
+        else:
+            a, b = s("lora_A"), s("lora_B")
+            if a is None or b is None:
+                return "has only one of lora_A / lora_B"
+            if len(a) < 2 or len(b) < 2:
+                return f"lora_A {list(a)} / lora_B {list(b)} are not matrices"
+            if a[0] != b[1]:
+                return f"lora_A {list(a)} and lora_B {list(b)} disagree on r"
+            inner = a[0]
+        if method == "LORA":
+            r, _ = adapter.rank_alpha(mod.module)
+            if inner != r:
+                return f"factors have rank {inner} but the config says r={r}"
+        else:
+            e = s("lora_E")
+            if e is None or e[0] != inner:
+                return f"lora_E {e} does not match rank {inner}"
+        mag = s("lora_magnitude_vector")
+        if adapter.config.get("use_dora") and mag is None:
+            return "use_dora is set but the DoRA magnitude vector is missing"
+        if mag is not None and b is not None and mag[0] != b[0]:
+            return f"magnitude vector {list(mag)} does not match output size {b[0]}"
+    elif method == "LOHA":
+        for i in ("1", "2"):
+            a, b = s(f"hada_w{i}_a"), s(f"hada_w{i}_b")
+            if a is None or b is None:
+                return f"hada_w{i}_a / hada_w{i}_b missing"
+            if s(f"hada_t{i}") is None and a[1] != b[0]:
+                return f"hada_w{i}_a {list(a)} and hada_w{i}_b {list(b)} disagree on r"
+    elif method == "LOKR":
+        for i in ("1", "2"):
+            full, a, b = s(f"lokr_w{i}"), s(f"lokr_w{i}_a"), s(f"lokr_w{i}_b")
+            if full is None and (a is None or b is None):
+                return f"neither lokr_w{i} nor both lokr_w{i}_a / lokr_w{i}_b"
+            if full is None and a is not None and b is not None and i == "1" and a[1] != b[0]:
+                return f"lokr_w1_a {list(a)} and lokr_w1_b {list(b)} disagree on r"
+    elif method == "IA3":
+        if "ia3_l" not in mod.parts:
+            return "ia3_l missing"
+    return None
+
+
+def find_nonfinite(adapter: AdapterDir) -> tuple[str, int] | None:
+    """The first tensor with NaN/Inf values and how many it has, or None."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(adapter.weights_path), framework="pt") as f:
+        for key in f.keys():
+            t = f.get_tensor(key)
+            if t.is_floating_point():
+                bad = int((~torch.isfinite(t)).sum())
+                if bad:
+                    return key, bad
+    return None
+
+
+def check_finite(adapter: AdapterDir) -> None:
+    found = find_nonfinite(adapter)
+    if found:
+        raise NonFiniteTensor(adapter.path, *found)
+
+
+def load_tensors(adapter: AdapterDir, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """All adapter tensors by their saved key."""
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter.weights_path), device=device)
+
+
+def convert_pickle(src: Path, dst_dir: Path) -> None:
+    """Convert `adapter_model.bin` to safetensors with torch.load(weights_only=True).
+
+    weights_only refuses anything but tensors and plain containers, so no code runs.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    try:
+        state = torch.load(src / PICKLE_NAME, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError or RuntimeError variants
+        raise InvalidAdapter(src, f"could not load {PICKLE_NAME} safely: {error}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InvalidAdapter(src, f"{PICKLE_NAME} is not a flat dict of tensors")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(dst_dir / WEIGHTS_NAME))

@@ -1,0 +1,112 @@
+"""Read and check a safetensors header without loading any tensor (and without torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+# bytes per element of each safetensors dtype
+DTYPE_SIZES: dict[str, float] = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+    "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75,
+}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    path: Path
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    data_start: int
+    file_size: int
+
+
+class HeaderError(ValueError):
+    """The file is not a well-formed safetensors file."""
+
+
+def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Parse and validate the header: offsets in bounds, contiguous, sizes match dtype x shape."""
+    path = Path(path)
+    file_size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise HeaderError("file is shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", raw)
+        if n > MAX_HEADER or 8 + n > file_size:
+            raise HeaderError(f"header length {n} runs past the end of the file ({file_size} bytes)")
+        blob = f.read(n)
+    try:
+        header = json.loads(blob)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HeaderError(f"header is not valid JSON ({error.__class__.__name__})") from None
+    if not isinstance(header, dict):
+        raise HeaderError("header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + n
+    data_len = file_size - data_start
+    tensors: dict[str, TensorInfo] = {}
+    spans: list[tuple[int, int, str]] = []
+    for name, info in header.items():
+        try:
+            dtype = info["dtype"]
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise HeaderError(f"tensor {name}: malformed header entry") from None
+        if dtype not in DTYPE_SIZES:
+            raise HeaderError(f"tensor {name}: unknown dtype {dtype}")
+        if begin < 0 or end < begin or end > data_len:
+            raise HeaderError(
+                f"tensor {name}: data offsets [{begin}, {end}) lie outside the "
+                f"{data_len} data bytes (truncated or lying header)"
+            )
+        numel = 1
+        for d in shape:
+            if d < 0:
+                raise HeaderError(f"tensor {name}: negative dimension")
+            numel *= d
+        expected = numel * DTYPE_SIZES[dtype]
+        if end - begin != expected:
+            raise HeaderError(
+                f"tensor {name}: {end - begin} bytes for {dtype}{list(shape)}, expected {expected:g}"
+            )
+        tensors[name] = TensorInfo(name, dtype, shape, data_start + begin, data_start + end)
+        spans.append((begin, end, name))
+    spans.sort()
+    cursor = 0
+    for begin, end, name in spans:
+        if begin != cursor:
+            raise HeaderError(f"tensor {name}: data offsets overlap or leave a hole at byte {cursor}")
+        cursor = end
+    if cursor != data_len:
+        raise HeaderError(f"data section is {data_len} bytes but tensors cover {cursor}")
+    return SafetensorsHeader(path, tensors, dict(metadata), data_start, file_size)

@@ -1,0 +1,119 @@
+"""Content-addressed blob store: `blobs/ab/cdef...` named by the sha256 of their bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from registry.errors import IntegrityError
+from registry.hashing import CHUNK
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256[2:]
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def put_file(self, src: str | Path, expected_sha256: str | None = None) -> tuple[str, int]:
+        """Copy `src` into the store atomically (temp file, fsync, rename); return (sha256, size).
+
+        The hash is computed from the bytes as they are copied, so what is stored is exactly
+        what was hashed even if `src` changes meanwhile.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = h.hexdigest()
+            if expected_sha256 is not None and digest != expected_sha256:
+                raise IntegrityError(str(src), expected_sha256, digest)
+            dest = self.path(digest)
+            if dest.exists():
+                os.unlink(tmp)
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+                _fsync_dir(dest.parent)
+            return digest, size
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def copy_out(self, sha256: str, dest: str | Path, verify: bool = True) -> None:
+        """Write the blob to `dest` (atomically), checking its hash on the way."""
+        src = self.path(sha256)
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+        h = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+                if verify:
+                    while chunk := f.read(CHUNK):
+                        h.update(chunk)
+                        out.write(chunk)
+                else:
+                    shutil.copyfileobj(f, out, CHUNK)
+            if verify and h.hexdigest() != sha256:
+                raise IntegrityError(f"blob {sha256[:12]}", sha256, h.hexdigest())
+            os.replace(tmp, dest)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def verify(self, sha256: str) -> str | None:
+        """The actual sha256 of the stored blob if it differs from its name, else None."""
+        h = hashlib.sha256()
+        with open(self.path(sha256), "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+        actual = h.hexdigest()
+        return None if actual == sha256 else actual
+
+    def __iter__(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for sub in sorted(self.root.iterdir()):
+            if sub.is_dir() and len(sub.name) == 2:
+                for f in sorted(sub.iterdir()):
+                    if not f.name.startswith(".tmp-"):
+                        yield sub.name + f.name
+
+    def temp_files(self) -> list[Path]:
+        """Leftover temp files from interrupted writes."""
+        if not self.root.is_dir():
+            return []
+        return sorted(self.root.glob(".tmp-*"))
+
+    def remove(self, sha256: str) -> None:
+        self.path(sha256).unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
