@@ -1,0 +1,1 @@
+"""Model operations on real tensors: deltas, merge, compose, quantize."""
