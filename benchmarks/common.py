@@ -44,7 +44,8 @@ def machine() -> str:
             gpu = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    return f"{os.cpu_count()} cores, {platform.machine()}, {gpu}, Python {platform.python_version()}"
+    py = platform.python_version()
+    return f"{os.cpu_count()} cores, {platform.machine()}, {gpu}, Python {py}"
 
 
 @dataclass
@@ -64,7 +65,8 @@ def run_process(argv: list[str], env: dict[str, str] | None = None,
         "import resource,subprocess,sys,time,json;t=time.perf_counter();"
         "p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
         "w=time.perf_counter()-t;r=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
-        "print(json.dumps({'wall':w,'rss_kb':r,'rc':p.returncode,'out':p.stdout,'err':p.stderr[-4000:]}))"
+        "print(json.dumps({'wall':w,'rss_kb':r,'rc':p.returncode,'out':p.stdout,"
+        "'err':p.stderr[-4000:]}))"
     )
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
                           env=full_env, cwd=cwd, check=True)

@@ -74,7 +74,9 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             files = [path / f for f in dict.fromkeys(weight_map.values())]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
-                raise InvalidModel(path, f"shard {missing[0]} named in {index_file.name} is missing")
+                raise InvalidModel(
+                    path, f"shard {missing[0]} named in {index_file.name} is missing"
+                )
         else:
             files = sorted(path.glob("*.safetensors"))
         if not files:

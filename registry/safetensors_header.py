@@ -62,7 +62,9 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             raise HeaderError("file is shorter than a safetensors header")
         (n,) = struct.unpack("<Q", raw)
         if n > MAX_HEADER or 8 + n > file_size:
-            raise HeaderError(f"header length {n} runs past the end of the file ({file_size} bytes)")
+            raise HeaderError(
+                f"header length {n} runs past the end of the file ({file_size} bytes)"
+            )
         blob = f.read(n)
     try:
         header = json.loads(blob)
@@ -97,15 +99,19 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         expected = numel * DTYPE_SIZES[dtype]
         if end - begin != expected:
             raise HeaderError(
-                f"tensor {name}: {end - begin} bytes for {dtype}{list(shape)}, expected {expected:g}"
+                f"tensor {name}: {end - begin} bytes for {dtype}{list(shape)}, "
+                f"expected {expected:g}"
             )
-        tensors[name] = TensorInfo(name, dtype, shape, data_start + begin, data_start + end)
+        start, stop = data_start + begin, data_start + end
+        tensors[name] = TensorInfo(name, dtype, shape, start, stop)
         spans.append((begin, end, name))
     spans.sort()
     cursor = 0
     for begin, end, name in spans:
         if begin != cursor:
-            raise HeaderError(f"tensor {name}: data offsets overlap or leave a hole at byte {cursor}")
+            raise HeaderError(
+                f"tensor {name}: data offsets overlap or leave a hole at byte {cursor}"
+            )
         cursor = end
     if cursor != data_len:
         raise HeaderError(f"data section is {data_len} bytes but tensors cover {cursor}")

@@ -55,7 +55,12 @@ def progress_bar(description: str, total: int | None, *, unit: str = "bytes",
         yield lambda done, total=None: None
         return
     from rich.progress import (
-        BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn,
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
     )
 
     amount = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()

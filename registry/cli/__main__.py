@@ -1,0 +1,3 @@
+from registry.cli.app import main
+
+main()
