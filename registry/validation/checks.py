@@ -1,0 +1,200 @@
+"""The checks that need no model loaded: integrity, compatibility (headers only), health."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from registry.checkpoint import Checkpoint
+from registry.compat import check_compatible
+from registry.errors import IntegrityError, NonFiniteTensor
+from registry.hashing import CHUNK
+from registry.peft_dir import PROMPT_METHODS, AdapterDir
+
+if TYPE_CHECKING:
+    import torch
+
+    from registry.registry import Registry, VersionInfo
+
+
+@dataclass
+class CheckResult:
+    """One check's outcome. status: passed | warn | failed | error | skipped."""
+
+    name: str
+    status: str
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "summary": self.summary,
+                "details": self.details, "seconds": round(self.seconds, 4)}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_integrity(reg: Registry, info: VersionInfo, checkout: Path | None,
+                    figures: dict[str, float | None]) -> CheckResult:
+    """Every file of the version: its store blob, and the checked-out copy that gets loaded.
+
+    Raises IntegrityError naming the first bad file, after recording the figures.
+    """
+    bad: list[dict[str, str | None]] = []
+    for f in info.files:
+        blob = reg.store.path(f.sha256)
+        actual = _sha256_file(blob) if blob.is_file() else None
+        if actual != f.sha256:
+            bad.append({"file": f.path, "where": "store", "expected": f.sha256,
+                        "actual": actual or "missing blob"})
+        if checkout is not None:
+            copy = checkout / f.path
+            got = _sha256_file(copy) if copy.is_file() else None
+            if got != f.sha256:
+                bad.append({"file": f.path, "where": "checkout", "expected": f.sha256,
+                            "actual": got or "missing file"})
+    figures["files_checked"] = len(info.files)
+    figures["files_bad"] = len({b["file"] for b in bad})
+    if bad:
+        first = bad[0]
+        raise IntegrityError(f"{info.ref}/{first['file']} ({first['where']})",
+                             first["expected"], first["actual"])
+    return CheckResult("integrity", "passed",
+                       f"{len(info.files)} files match their recorded sha256",
+                       {"files": [{"path": f.path, "sha256": f.sha256} for f in info.files]})
+
+
+def check_compatibility(adapter: AdapterDir, ckpt: Checkpoint,
+                        fingerprint_base: Callable[[], tuple[str, str]], recorded: str | None,
+                        recorded_structure: Callable[[str], str | None],
+                        figures: dict[str, float | None]) -> CheckResult:
+    """Shapes from safetensors headers (raises IncompatibleBase), then fingerprint agreement.
+
+    fingerprint_base: () -> (fingerprint, structure) of the base; called only once the shapes
+        fit, since it reads every byte of the base.
+    recorded_structure: fingerprint -> structure signature of a registered base, or None.
+    """
+    figures["modules_checked"] = len(adapter.modules)
+    check_compatible(adapter, ckpt)
+    fingerprint, structure = fingerprint_base()
+    recorded_struct = recorded_structure(recorded) if recorded is not None else None
+    details: dict[str, Any] = {"fingerprint": fingerprint, "recorded_fingerprint": recorded,
+                               "structure": structure,
+                               "recorded_structure": recorded_struct}
+    shapes = f"{len(adapter.modules)} adapted modules fit the base"
+    if recorded is None:
+        figures["fingerprint_match"] = None
+        figures["structure_match"] = None
+        return CheckResult("compatibility", "passed",
+                           f"{shapes}; the version has no recorded base fingerprint", details)
+    if recorded == fingerprint:
+        figures["fingerprint_match"] = 1
+        figures["structure_match"] = 1
+        return CheckResult("compatibility", "passed", f"{shapes}; base fingerprint matches",
+                           details)
+    figures["fingerprint_match"] = 0
+    if recorded_struct is None:
+        figures["structure_match"] = None
+        why = "the recorded base is not registered, so its structure is unknown"
+    elif recorded_struct == structure:
+        figures["structure_match"] = 1
+        why = "structure signature matches (same architecture and shapes, different weights)"
+    else:
+        figures["structure_match"] = 0
+        why = "structure signature differs too"
+    return CheckResult("compatibility", "warn",
+                       f"{shapes}; base fingerprint differs from the recorded one: {why}",
+                       details)
+
+
+def check_health(adapter: AdapterDir, ckpt: Checkpoint, figures: dict[str, float | None],
+                 outlier_factor: float = 10.0) -> CheckResult:
+    """NaN/Inf in any adapter tensor (raises NonFiniteTensor), delta norms with outliers named."""
+    import torch
+    from safetensors import safe_open
+
+    from registry.peft_dir import load_tensors
+
+    tensors = load_tensors(adapter)
+    nonfinite = {k: int((~torch.isfinite(t)).sum()) for k, t in tensors.items()
+                 if t.is_floating_point()}
+    bad = {k: n for k, n in nonfinite.items() if n}
+    figures["nonfinite"] = sum(bad.values())
+    if bad:
+        key = next(iter(bad))
+        raise NonFiniteTensor(adapter.path, key, bad[key])
+    norms: dict[str, float] = {}
+    rel: dict[str, float] = {}
+    unsupported = adapter.peft_type in PROMPT_METHODS
+    files = ckpt.file_of()
+    for module in adapter.modules:
+        norm = delta_norm(adapter, module, tensors)
+        if norm is None:
+            unsupported = True
+            continue
+        norms[module] = norm
+        key = f"{module}.weight"
+        if key in files:
+            with safe_open(str(files[key]), framework="pt") as f:
+                base_norm = float(f.get_tensor(key).float().norm())
+            if base_norm > 0:
+                rel[module] = norm / base_norm
+    details: dict[str, Any] = {"delta_norms": {m: round(v, 6) for m, v in norms.items()},
+                               "outlier_factor": outlier_factor}
+    if not norms:
+        for name in ("delta_norm_max", "delta_norm_median", "delta_rel_max", "delta_outliers"):
+            figures[name] = None
+        reason = (f"{adapter.method} has no weight deltas" if adapter.peft_type in PROMPT_METHODS
+                  else f"delta norms are not computed for {adapter.method}")
+        return CheckResult("health", "passed", f"no NaN/Inf in {len(tensors)} tensors; {reason}",
+                           details)
+    median = statistics.median(norms.values())
+    outliers = sorted(m for m, v in norms.items() if median > 0 and v > outlier_factor * median)
+    figures["delta_norm_max"] = max(norms.values())
+    figures["delta_norm_median"] = median
+    figures["delta_rel_max"] = max(rel.values()) if rel else None
+    figures["delta_outliers"] = len(outliers)
+    details["outliers"] = {m: round(norms[m], 6) for m in outliers}
+    summary = (f"no NaN/Inf in {len(tensors)} tensors; delta norm median {median:.4g}, "
+               f"max {max(norms.values()):.4g}")
+    if unsupported:
+        summary += " (some modules' deltas not computed for this method)"
+    if outliers:
+        shown = ", ".join(outliers[:3]) + (" ..." if len(outliers) > 3 else "")
+        return CheckResult("health", "warn",
+                           f"{summary}; {len(outliers)} outlier module(s) over "
+                           f"{outlier_factor:g}x the median: {shown}", details)
+    return CheckResult("health", "passed", summary, details)
+
+
+def delta_norm(adapter: AdapterDir, module: str, tensors: dict[str, torch.Tensor]
+               ) -> float | None:
+    """Frobenius norm of one module's weight delta, or None for methods not handled here.
+
+    Plain LoRA: ||scale * B @ A|| from the r x r Gram matrices, never forming the m x n delta.
+    """
+    if adapter.peft_type != "LORA" or adapter.config.get("use_dora"):
+        return None
+    parts = adapter.modules[module].parts
+    if "lora_A" in parts and "lora_B" in parts:
+        a_key, b_key = parts["lora_A"].name, parts["lora_B"].name
+    elif "lora_embedding_A" in parts and "lora_embedding_B" in parts:
+        a_key, b_key = parts["lora_embedding_A"].name, parts["lora_embedding_B"].name
+    else:
+        return None
+    a = tensors[a_key].double().reshape(tensors[a_key].shape[0], -1)  # (r, in)
+    b = tensors[b_key].double().reshape(tensors[b_key].shape[0], -1)  # (out, r)
+    # ||B A||_F^2 = sum((A A^T) * (B^T B))
+    sq = float(((a @ a.T) * (b.T @ b)).sum())
+    return abs(adapter.lora_scale(module)) * math.sqrt(max(sq, 0.0))
