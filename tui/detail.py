@@ -1,0 +1,330 @@
+"""One version in detail: tabs for overview, versions, lineage, scores, validation, files, hub."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane, Tree
+
+from registry.errors import NotFound
+from tui.queries import adapter_versions, scores_across_versions, validation_runs
+from tui.render import (
+    check_items,
+    figure_items,
+    fmt_score,
+    fmt_time,
+    fmt_value,
+    sparkline,
+    status_text,
+)
+
+if TYPE_CHECKING:
+    from registry.registry import Registry
+    from tui.app import AdaptApp
+
+TABS = ("overview", "versions", "lineage", "scores", "validation", "files", "hub")
+OVERVIEW_SKIP = ("files", "parents", "children", "scores", "validation_runs", "hub")
+LINEAGE_DEPTH = 4
+
+
+def _table(id: str, **kwargs: Any) -> DataTable[Any]:
+    return DataTable(id=id, cursor_type="row", zebra_stripes=True, **kwargs)
+
+
+class DetailScreen(Screen[None]):
+    """Everything about version `ref`; Escape goes back to the list."""
+
+    BINDINGS = [
+        Binding("escape", "close", "Back"),
+        *(Binding(str(i + 1), f"tab('{t}')", t.capitalize(), show=False)
+          for i, t in enumerate(TABS)),
+        Binding("t", "tag", "Tag"),
+        Binding("u", "untag", "Untag", show=False),
+        Binding("e", "export", "Export", show=False),
+        Binding("d", "delete", "Delete", show=False),
+        Binding("space", "mark", "Mark for compare", show=False),
+        Binding("c", "compare", "Compare"),
+        Binding("V", "validate", "Validate", show=False),
+        Binding("P", "push", "Push", show=False),
+    ]
+
+    def __init__(self, registry: Registry, ref: str) -> None:
+        super().__init__()
+        self.registry = registry
+        self.ref = ref
+        self.data: dict[str, Any] = {}
+
+    @property
+    def adapt(self) -> AdaptApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="detail-title", classes="screen-title")
+        with TabbedContent(id="tabs"):
+            with TabPane("Overview", id="overview"):
+                yield _table("overview-table", show_header=False)
+            with TabPane("Versions", id="versions"):
+                yield _table("versions-table")
+            with TabPane("Lineage", id="lineage"):
+                yield Tree("lineage", id="lineage-tree")
+            with TabPane("Scores", id="scores"):
+                yield _table("scores-table")
+                yield Static(classes="empty", id="scores-empty")
+            with TabPane("Validation", id="validation"):
+                yield _table("validation-table")
+                yield Static(classes="empty", id="validation-empty")
+            with TabPane("Files", id="files"):
+                yield _table("files-table")
+            with TabPane("Hub", id="hub"):
+                yield _table("hub-table")
+                yield Static(classes="empty", id="hub-empty")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_data()
+
+    # -- loading -----------------------------------------------------------------------------
+    def refresh_data(self) -> None:
+        """Read the version again (after a tag, a validation, a push); close if it is gone."""
+        try:
+            self.data = self.registry.show(self.ref)
+        except NotFound:
+            self.dismiss(None)
+            return
+        d = self.data
+        self.ref = d["ref"]
+        tags = f"  tags: {', '.join(d['tags'])}" if d["tags"] else ""
+        rank = f" r{d['rank']}" if d["rank"] is not None else ""
+        self.query_one("#detail-title", Static).update(
+            Text.assemble((d["ref"], "bold"), f"  {d['method']}{rank}", (tags, "cyan"))
+        )
+        self._overview()
+        self._versions()
+        self._lineage()
+        self._scores()
+        self._validation()
+        self._files()
+        self._hub()
+
+    def _overview(self) -> None:
+        table = self.query_one("#overview-table", DataTable)
+        table.clear(columns=True)
+        table.add_columns("field", "value")
+        for key, value in self.data.items():
+            if key in OVERVIEW_SKIP:
+                continue
+            table.add_row(Text(key, style="bold"), fmt_value(value))
+        counts = (f"{len(self.data[k])} {k.replace('_', ' ')}" for k in OVERVIEW_SKIP)
+        table.add_row(Text("see tabs", style="bold"), ", ".join(counts))
+
+    def _versions(self) -> None:
+        table = self.query_one("#versions-table", DataTable)
+        table.clear(columns=True)
+        for key, label in (("mark", " "), ("version", "ver"), ("digest", "digest"),
+                           ("method", "method"), ("rank", "rank"), ("tags", "tags"),
+                           ("created", "created")):
+            table.add_column(label, key=key)
+        for row in adapter_versions(self.registry, self.data["name"]):
+            current = row["version"] == self.data["version"]
+            table.add_row(
+                self._mark_cell(row["ref"]),
+                Text(str(row["version"]), style="bold reverse" if current else "bold"),
+                row["digest"].split(":", 1)[-1][:12],
+                row["method"],
+                fmt_value(row["rank"]),
+                Text(",".join(row["tags"]) or "-", style="cyan"),
+                fmt_time(row["created_at"]),
+                key=row["ref"],
+            )
+            if current:
+                table.move_cursor(row=table.row_count - 1)
+
+    def _mark_cell(self, ref: str) -> Text:
+        return Text("●", style="bold magenta") if ref in self.adapt.marked else Text("")
+
+    def refresh_marks(self) -> None:
+        table = self.query_one("#versions-table", DataTable)
+        for row_key in table.rows:
+            table.update_cell(row_key, "mark", self._mark_cell(str(row_key.value)))
+
+    def _lineage(self) -> None:
+        tree: Tree[str] = self.query_one("#lineage-tree", Tree)
+        tree.clear()
+        d = self.data
+        tree.root.set_label(Text.assemble((d["ref"], "bold"), f"  {d['method']}"))
+        tree.root.data = d["ref"]
+        seen = {d["ref"]}
+        self._add_parents(tree.root, d["parents"], seen, 1)
+        if not d["parents"]:
+            tree.root.add_leaf(Text("no parents: registered directly", style="dim"))
+        if d["children"]:
+            used = tree.root.add(Text("used by", style="italic"), expand=True)
+            for child in d["children"]:
+                used.add_leaf(f"{child['ref']}  ({child['role']})", data=child["ref"])
+        tree.root.expand()
+
+    def _add_parents(self, node: Any, parents: list[dict[str, Any]], seen: set[str],
+                     depth: int) -> None:
+        for p in parents:
+            weight = f"  weight {fmt_score(p['weight'])}" if p["weight"] is not None else ""
+            try:
+                parent = self.registry.show(p["ref"])
+            except NotFound:
+                node.add_leaf(Text.assemble((p["ref"], "bold"), f"  {p['role']}{weight}",
+                                            ("  (not in this registry)", "dim")))
+                continue
+            method = parent["method"] + (f" r{parent['rank']}" if parent["rank"] else "")
+            label = Text.assemble((parent["ref"], "bold"), f"  {p['role']}{weight}  {method}")
+            if parent["ref"] in seen or depth >= LINEAGE_DEPTH or not parent["parents"]:
+                node.add_leaf(label, data=parent["ref"])
+                continue
+            branch = node.add(label, data=parent["ref"], expand=True)
+            self._add_parents(branch, parent["parents"], seen | {parent["ref"]}, depth + 1)
+
+    def _scores(self) -> None:
+        table = self.query_one("#scores-table", DataTable)
+        table.clear(columns=True)
+        series = scores_across_versions(self.registry, self.data["name"])
+        versions = sorted({v for s in series for v in s.values})[-8:]  # the latest eight
+        table.add_columns("metric", "dataset", *(f"v{v}" for v in versions), "trend")
+        for s in series:
+            values = [s.values.get(v) for v in versions]
+            table.add_row(
+                Text(s.metric, style="bold"),
+                s.dataset or "-",
+                *(Text(fmt_score(x), style="reverse" if v == self.data["version"] else "")
+                  if x is not None else "-" for v, x in zip(versions, values, strict=True)),
+                Text(sparkline(values), style="green"),
+            )
+        self._empty("scores", not series,
+                    "No scores yet. Record one with:\n"
+                    f"  adapt score {self.data['ref']} --metric ppl --value 7.3")
+
+    def _validation(self) -> None:
+        table = self.query_one("#validation-table", DataTable)
+        table.clear(columns=True)
+        table.add_columns("run", "check", "result", "detail")
+        runs = validation_runs(self.registry, self.data_id)
+        for run in runs:
+            table.add_row(
+                Text(f"#{run.id}", style="bold"),
+                Text(f"{run.device}", style="bold"),
+                status_text(run.status),
+                f"{fmt_time(run.started_at)} → {fmt_time(run.finished_at)}",
+            )
+            for name, status, summary in check_items(run.checks):
+                table.add_row("", name, status_text(status), summary)
+            for gate in run.gates or []:
+                passed = gate.get("passed")
+                table.add_row("", f"gate {gate.get('name') or gate.get('expr', '?')}",
+                              status_text("passed" if passed else "failed"),
+                              str(gate.get("expr", gate.get("detail", ""))))
+            figures = figure_items(run.figures)
+            if figures:
+                table.add_row("", "figures", "",
+                              "  ".join(f"{k}={v}" for k, v in figures if v != "-"))
+        self._empty("validation", not runs,
+                    "No validation runs yet. Press V to validate, or run:\n"
+                    f"  adapt validate {self.data['ref']} --base DIR")
+
+    @property
+    def data_id(self) -> int:
+        return int(self.registry.resolve(self.data["ref"]).id)
+
+    def _files(self) -> None:
+        table = self.query_one("#files-table", DataTable)
+        table.clear(columns=True)
+        table.add_columns("path", "size", "sha256")
+        from registry.cli.output import human_bytes
+
+        for f in self.data["files"]:
+            table.add_row(Text(f["path"], style="bold"), human_bytes(f["size"]), f["sha256"])
+
+    def _hub(self) -> None:
+        table = self.query_one("#hub-table", DataTable)
+        table.clear(columns=True)
+        table.add_columns("repo", "commit", "tag", "direction", "at")
+        for h in self.data["hub"]:
+            table.add_row(Text(h["repo"], style="bold"), h["commit"][:12], h["tag"] or "-",
+                          h["direction"], fmt_time(h["at"]))
+        self._empty("hub", not self.data["hub"],
+                    "Not linked to the Hub yet. Press P to push, or run:\n"
+                    f"  adapt push {self.data['ref']} --repo USER/NAME")
+
+    def _empty(self, tab: str, empty: bool, message: str) -> None:
+        note = self.query_one(f"#{tab}-empty", Static)
+        note.update(message if empty else "")
+        note.display = empty
+        self.query_one(f"#{tab}-table", DataTable).display = not empty
+
+    # -- keys --------------------------------------------------------------------------------
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        pane = self.query_one(f"#{tab}", TabPane)
+        for widget in pane.query("DataTable, Tree"):
+            if widget.display:
+                widget.focus()
+                break
+
+    @on(TabbedContent.TabActivated)
+    def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id:
+            self.call_after_refresh(self._focus_pane, event.pane.id)
+
+    def _focus_pane(self, tab: str) -> None:
+        for widget in self.query_one(f"#{tab}", TabPane).query("DataTable, Tree"):
+            if widget.display and not (self.focused and self.focused.id == "tabs"):
+                widget.focus()
+                break
+
+    def _versions_selected_ref(self) -> str:
+        """The version the keys act on: the highlighted one on the Versions tab, else this one."""
+        if self.query_one(TabbedContent).active == "versions":
+            table = self.query_one("#versions-table", DataTable)
+            if table.row_count:
+                key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+                return str(key.value)
+        return str(self.data["ref"])
+
+    @on(DataTable.RowSelected, "#versions-table")
+    def _open_version(self, event: DataTable.RowSelected) -> None:
+        self.ref = str(event.row_key.value)
+        self.refresh_data()
+
+    @on(Tree.NodeSelected, "#lineage-tree")
+    def _open_parent(self, event: Tree.NodeSelected[str]) -> None:
+        if event.node.data and event.node.data != self.data["ref"]:
+            self.ref = event.node.data
+            self.refresh_data()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_tag(self) -> None:
+        self.adapt.ask_tag(self._versions_selected_ref())
+
+    def action_untag(self) -> None:
+        self.adapt.ask_untag(self._versions_selected_ref())
+
+    def action_export(self) -> None:
+        self.adapt.ask_export(self._versions_selected_ref())
+
+    def action_delete(self) -> None:
+        self.adapt.ask_delete(self._versions_selected_ref())
+
+    def action_mark(self) -> None:
+        self.adapt.toggle_mark(self._versions_selected_ref())
+
+    def action_compare(self) -> None:
+        self.adapt.compare_marked(self.data["ref"])
+
+    def action_validate(self) -> None:
+        self.adapt.start_validation(self._versions_selected_ref())
+
+    def action_push(self) -> None:
+        self.adapt.start_push(self._versions_selected_ref())
