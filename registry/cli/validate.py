@@ -154,7 +154,7 @@ def runs(
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("RUN", "STATUS", "STARTED", "DEVICE", "BASE", "PPL", "PARITY", "TOK/S", "GATES"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for r in rows:
         fig: dict[str, Any] = r["figures"]
         gates = r["gates"]
@@ -162,16 +162,16 @@ def runs(
         table.add_row(
             str(r["run_id"]),
             f"[{_STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]",
-            r["started_at"].strftime("%Y-%m-%d %H:%M"),
-            r["device"],
-            short_fp(r["base_fingerprint"]),
+            r["started_at"].strftime("%m-%d %H:%M"),
+            r["device"].split(":", 1)[0],
+            short_fp(r["base_fingerprint"], 6),
             _num(fig.get("ppl")),
-            _num(fig.get("parity_max_abs")),
-            _num(fig.get("tokens_per_s")),
+            _num(fig.get("parity_max_abs"), ".1e"),
+            _num(fig.get("tokens_per_s"), ",.0f"),
             f"{passed}/{len(gates)}" if gates else "-",
         )
     console.print(table)
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+def _num(value: float | None, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)

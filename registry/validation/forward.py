@@ -39,10 +39,12 @@ class ForwardMeasure:
 
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when available, else 'cpu'; refuse 'cuda' without a CUDA device."""
-    import torch
-
     if device not in {"auto", "cuda", "cpu"}:
         raise UsageError(f"unknown device {device!r}", "use auto, cuda or cpu")
+    if device == "cpu":
+        return device
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():

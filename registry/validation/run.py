@@ -197,6 +197,12 @@ def validate_version(
     """
     opts = _options(merged_dir, quantized_dir, data, device, dtype, gates, spec, max_samples,
                     perf)
+    from registry.validation.forward import resolve_device, resolve_dtype
+
+    if opts.device != "auto":
+        # an impossible device is a usage error before any run starts; "auto" needs no check
+        resolve_device(opts.device)
+    resolve_dtype(opts.dtype, "cpu")
     info = reg.resolve(ref)
     base = Path(base_dir)
     if not base.is_dir():
