@@ -11,6 +11,8 @@ import pytest
 
 from registry.schemas import validate as validate_schema
 
+DEVICE = os.environ.get("ADAPT_TEST_DEVICE", "cpu")
+
 
 @dataclass
 class Result:
@@ -24,7 +26,10 @@ def adapt(capsys: pytest.CaptureFixture[str], *args: object) -> Result:
     from registry.cli.app import main
 
     capsys.readouterr()
-    old, sys.argv = sys.argv, ["adapt", *map(str, args)]
+    argv = [*map(str, args)]
+    if argv[0] == "validate" and "--device" not in argv:
+        argv += ["--device", DEVICE, "--dtype", "float32"]
+    old, sys.argv = sys.argv, ["adapt", *argv]
     code = 0
     try:
         main()

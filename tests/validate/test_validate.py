@@ -26,6 +26,14 @@ from registry.validation.evaldata import DEFAULT_DATA, load_texts
 # a small forward pass keeps each run well under a second on the tiny model
 FAST = PerfSettings(batch=2, length=32, repeats=1)
 ROOT = Path(__file__).resolve().parents[2]
+# ADAPT_TEST_DEVICE=cuda runs the same suite on a GPU; float32 keeps the tolerances meaningful
+DEVICE = os.environ.get("ADAPT_TEST_DEVICE", "cpu")
+
+
+def validate(reg, ref: str, base: Path, **kwargs):
+    """validate_version on the test device, in float32, with the small forward pass."""
+    kwargs.setdefault("perf", FAST)
+    return validate_version(reg, ref, base, device=DEVICE, dtype="float32", **kwargs)
 
 
 def _add(reg, path: Path, base: Path, name: str = "lora", **kwargs) -> str:
@@ -34,7 +42,7 @@ def _add(reg, path: Path, base: Path, name: str = "lora", **kwargs) -> str:
 
 def test_clean_run_passes_every_check_and_measures_every_figure(registry, tiny_base, tiny_lora):
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate_version(registry, ref, tiny_base, perf=FAST,
+    report = validate(registry, ref, tiny_base,
                               gates=["ppl <= 1.5 * base_ppl", "parity_max_abs < 1e-3"])
     assert report.status == "passed"
     assert {c.name: c.status for c in report.checks} == dict.fromkeys(
@@ -58,7 +66,7 @@ def test_quality_matches_a_plain_peft_forward(registry, tiny_base, tiny_lora):
     from transformers import AutoModelForCausalLM
 
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate_version(registry, ref, tiny_base, perf=FAST, max_samples=5)
+    report = validate(registry, ref, tiny_base, max_samples=5)
     model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32), str(tiny_lora))
     total = count = 0.0
@@ -74,7 +82,7 @@ def test_quality_matches_a_plain_peft_forward(registry, tiny_base, tiny_lora):
 
 def test_parity_is_near_zero_for_an_exact_merge(registry, tiny_base, tiny_lora, merged_exact):
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate_version(registry, ref, tiny_base, merged_dir=merged_exact, perf=FAST,
+    report = validate(registry, ref, tiny_base, merged_dir=merged_exact,
                               gates=["parity_max_abs < 1e-4"])
     assert report.figures["parity_max_abs"] < 1e-4  # float32 rounding only
     assert report.status == "passed"
@@ -83,8 +91,8 @@ def test_parity_is_near_zero_for_an_exact_merge(registry, tiny_base, tiny_lora, 
 def test_parity_is_clearly_nonzero_for_a_wrong_merge(registry, tiny_base, tiny_lora,
                                                      merged_wrong_scale):
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate_version(registry, ref, tiny_base, merged_dir=merged_wrong_scale,
-                              perf=FAST, gates=["parity_max_abs < 1e-3"])
+    report = validate(registry, ref, tiny_base, merged_dir=merged_wrong_scale,
+                              gates=["parity_max_abs < 1e-3"])
     assert report.figures["parity_max_abs"] > 0.05
     assert report.figures["parity_mean_abs"] > 1e-3
     assert report.status == "failed"
@@ -95,7 +103,7 @@ def test_parity_is_clearly_nonzero_for_a_wrong_merge(registry, tiny_base, tiny_l
 
 def test_on_the_fly_merge_matches_unmerged(registry, tiny_base, tiny_lora_r8):
     ref = _add(registry, tiny_lora_r8, tiny_base)
-    report = validate_version(registry, ref, tiny_base, perf=FAST, max_samples=4)
+    report = validate(registry, ref, tiny_base, max_samples=4)
     assert report.figures["parity_max_abs"] < 1e-4
     assert "merge" in report.check("parity").details["merged_with"]
 
@@ -103,8 +111,8 @@ def test_on_the_fly_merge_matches_unmerged(registry, tiny_base, tiny_lora_r8):
 def test_quantized_model_kl_divergence_is_measured(registry, tiny_base, tiny_lora, merged_exact,
                                                    quantized_nf4):
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate_version(registry, ref, tiny_base, merged_dir=merged_exact,
-                              quantized_dir=quantized_nf4, perf=FAST, max_samples=4,
+    report = validate(registry, ref, tiny_base, merged_dir=merged_exact,
+                              quantized_dir=quantized_nf4, max_samples=4,
                               gates=["kl_quant < 1.0", "quant_top1_agree > 0.3"])
     kl = report.figures["kl_quant"]
     assert kl is not None and 0 < kl < 1.0  # NF4 loses a little, not everything
@@ -115,23 +123,23 @@ def test_gate_on_quantized_figure_without_quantized_model_is_usage_error(
         registry, tiny_base, tiny_lora):
     ref = _add(registry, tiny_lora, tiny_base)
     with pytest.raises(UsageError, match="--quantized"):
-        validate_version(registry, ref, tiny_base, gates=["kl_quant < 0.05"])
+        validate(registry, ref, tiny_base, gates=["kl_quant < 0.05"])
     with registry.session() as s:
         assert s.execute(select(ValidationRun)).first() is None  # refused before any run
 
 
 def test_failed_gate_is_stored_as_failed_run_with_scores(registry, tiny_base, tiny_lora):
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate_version(registry, ref, tiny_base, perf=FAST, max_samples=4,
+    report = validate(registry, ref, tiny_base, max_samples=4,
                               gates=["ppl < 0.5 * base_ppl"])
     assert report.status == "failed" and report.check("quality").status == "failed"
     with registry.session() as s:
-        run = s.get(ValidationRun, report.run_id)
+        stored = s.get(ValidationRun, report.run_id)
         scores = s.execute(select(EvalScore).where(EvalScore.run_id == report.run_id)
                            ).scalars().all()
-    assert run.status == "failed" and run.finished_at is not None
-    assert run.gates[0]["status"] == "failed"
-    assert run.report["run_id"] == report.run_id
+    assert stored.status == "failed" and stored.finished_at is not None
+    assert stored.gates[0]["status"] == "failed"
+    assert stored.report["run_id"] == report.run_id
     by_metric = {sc.metric: sc for sc in scores}
     assert by_metric["validate.ppl"].value == pytest.approx(report.figures["ppl"])
     assert by_metric["validate.ppl"].dataset == "adapt-default-eval"
@@ -148,7 +156,7 @@ def test_corrupted_blob_fails_integrity(registry, tiny_base, tiny_lora):
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF
     blob.write_bytes(bytes(data))
-    report = validate_version(registry, ref, tiny_base, perf=FAST)
+    report = validate(registry, ref, tiny_base)
     assert report.check("integrity").status == "failed"
     assert report.figures["files_bad"] == 1
     assert report.status == "failed"
@@ -187,7 +195,7 @@ def test_wrong_base_fails_compatibility_before_loading_any_weights(tmp_path, tin
 def test_different_weights_same_structure_is_a_warning_that_says_so(
         registry, tiny_base, retrained_base, tiny_lora):
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate_version(registry, ref, retrained_base, perf=FAST, max_samples=2,
+    report = validate(registry, ref, retrained_base, max_samples=2,
                               gates=["fingerprint_match == 1"])
     compat = report.check("compatibility")
     assert report.figures["fingerprint_match"] == 0
@@ -199,7 +207,7 @@ def test_different_weights_same_structure_is_a_warning_that_says_so(
 
 def test_health_names_the_outlier_module(registry, tiny_base, lora_outlier):
     ref = _add(registry, lora_outlier, tiny_base)
-    report = validate_version(registry, ref, tiny_base, perf=FAST, max_samples=2)
+    report = validate(registry, ref, tiny_base, max_samples=2)
     health = report.check("health")
     assert health.status == "warn"
     assert list(health.details["outliers"]) == ["model.layers.1.self_attn.v_proj"]
@@ -213,7 +221,7 @@ def test_delta_norms_match_dense_scale_b_a(registry, tiny_base, tiny_lora):
     from safetensors.torch import load_file
 
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate_version(registry, ref, tiny_base, perf=FAST, max_samples=2)
+    report = validate(registry, ref, tiny_base, max_samples=2)
     cfg = json.loads((tiny_lora / "adapter_config.json").read_text())
     t = load_file(str(tiny_lora / "adapter_model.safetensors"))
     module = "model.layers.0.self_attn.q_proj"
@@ -226,7 +234,7 @@ def test_delta_norms_match_dense_scale_b_a(registry, tiny_base, tiny_lora):
 
 def test_nan_in_adapter_fails_health(registry, tiny_base, lora_nan):
     ref = _add(registry, lora_nan, tiny_base, allow_nonfinite=True)
-    report = validate_version(registry, ref, tiny_base, perf=FAST)
+    report = validate(registry, ref, tiny_base)
     assert report.check("health").status == "failed"
     assert report.figures["nonfinite"] == 1
     with pytest.raises(NonFiniteTensor):
@@ -235,7 +243,7 @@ def test_nan_in_adapter_fails_health(registry, tiny_base, lora_nan):
 
 def test_report_validates_against_its_schema(registry, tiny_base, tiny_lora, merged_exact):
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate_version(registry, ref, tiny_base, merged_dir=merged_exact, perf=FAST,
+    report = validate(registry, ref, tiny_base, merged_dir=merged_exact,
                               max_samples=3, gates=["ppl < 0.1"])
     data = json.loads(json.dumps(report.to_dict()))
     validate_schema(data, "validation-report")
@@ -259,7 +267,8 @@ def test_spec_file_supplies_gates_and_options(registry, tmp_path, tiny_base, tin
         "  - ppl <= 2 * base_ppl\n"
         "  - {expr: 'parity_max_abs < 1e-3', name: merge-exact}\n"
     )
-    report = validate_version(registry, ref, tiny_base, spec=spec, gates=["tokens_per_s > 0"])
+    report = validate(registry, ref, tiny_base, spec=spec, gates=["tokens_per_s > 0"],
+                      perf=None)  # the spec's performance settings apply
     assert report.figures["eval_samples"] == 2
     assert report.data["source"].endswith("eval.txt")
     assert [(g.name, g.status) for g in report.gates] == [
@@ -273,7 +282,7 @@ def test_invalid_spec_is_refused_with_the_schema_violation(registry, tmp_path, t
     spec = tmp_path / "bad.yaml"
     spec.write_text("gates: [ppl < 2]\nmax_sample: 3\n")
     with pytest.raises(UsageError, match="invalid validation-spec"):
-        validate_version(registry, ref, tiny_base, spec=spec)
+        validate(registry, ref, tiny_base, spec=spec)
 
 
 def test_default_eval_set_ships_as_jsonl_with_text():
