@@ -46,13 +46,15 @@ def fmt_score(value: float) -> str:
 
 
 def best_score(scores: dict[str, float]) -> tuple[str, float | None]:
-    """The list's "best score" cell: the first metric by name (and how many more there are)."""
+    """The list's "best" cell: the first metric by name, the highest value recorded for it.
+
+    Short on purpose (the list must fit 80 columns): the Scores tab shows every metric.
+    """
     if not scores:
         return "-", None
     metric = sorted(scores)[0]
     value = scores[metric]
-    more = f" +{len(scores) - 1}" if len(scores) > 1 else ""
-    return f"{metric} {fmt_score(value)}{more}", value
+    return f"{metric[:8]} {fmt_score(value)}", value
 
 
 def sparkline(values: Sequence[float | None]) -> str:

@@ -21,11 +21,11 @@ PAGE = 100
 # (key, label); the registry orders by the first four itself, so those page from the database
 COLUMNS = (
     ("name", "name"),
-    ("version", "ver"),
+    ("version", "v"),
     ("method", "method"),
-    ("rank", "rank"),
+    ("rank", "r"),
     ("base", "base"),
-    ("best", "best score"),
+    ("best", "best"),
     ("tags", "tags"),
     ("updated", "updated"),
 )

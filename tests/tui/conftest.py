@@ -31,6 +31,8 @@ def _fixed_copy(src: Path, out: Path) -> Path:
     shutil.copytree(src, out)
     config = json.loads((out / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "tiny-llama"
+    if isinstance(config.get("target_modules"), list):  # PEFT writes a set: order varies by run
+        config["target_modules"] = sorted(config["target_modules"])
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return out
 
@@ -132,3 +134,9 @@ async def settle(pilot: Any, delay: float = 0.0) -> None:
             await pilot.pause(delay)
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Pilot tests are async: anyio's pytest plugin runs them on asyncio."""
+    return "asyncio"
