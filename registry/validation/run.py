@@ -298,6 +298,7 @@ class _RunState:
     tokenizer: str = "not used (no model loaded)"
     samples: int = 0
     model: Any = None  # the PEFT-wrapped model between quality and parity
+    not_loadable: str | None = None  # why the model checks are skipped for this adapter
     batches: list[Any] = field(default_factory=list)
 
     def integrity(self) -> CheckResult:
@@ -336,9 +337,9 @@ class _RunState:
         self.device = fw.resolve_device(self.opts.device)
         self.dtype = fw.resolve_dtype(self.opts.dtype, self.device)
         self.device_label = fw.device_name(self.device)
-        if self.adapter.peft_type in PROMPT_METHODS:
-            raise UsageError(f"{self.adapter.method} adapters are not validated with weights "
-                             "loaded yet: quality, parity and performance need a weight adapter")
+        self.not_loadable = _why_not_loaded(self.adapter)
+        if self.not_loadable:
+            return CheckResult("quality", "skipped", f"skipped: {self.not_loadable}")
         base_model = fw.load_causal_lm(self.base, self.device, self.dtype)
         length = fw.max_positions(base_model, self.opts.max_length)
         tokens = tokenize(self.texts.texts, self.base, fw.vocab_size(base_model), length)
@@ -366,6 +367,8 @@ class _RunState:
     def performance(self) -> CheckResult:
         from registry.validation import forward as fw
 
+        if self.not_loadable:
+            return CheckResult("performance", "skipped", f"skipped: {self.not_loadable}")
         assert self.model is not None and self.device is not None
         p = self.opts.perf
         length = fw.max_positions(self.model, p.length)
@@ -386,6 +389,8 @@ class _RunState:
     def parity(self) -> CheckResult:
         from registry.validation import forward as fw
 
+        if self.not_loadable:
+            return CheckResult("parity", "skipped", f"skipped: {self.not_loadable}")
         assert self.model is not None and self.device is not None and self.dtype is not None
         parity_batches = fw.make_batches(
             [row[mask.bool()].tolist() for ids, mask in self.batches for row, mask in
@@ -427,6 +432,17 @@ class _RunState:
             from registry.validation.forward import release
 
             release(self.device)
+
+
+def _why_not_loaded(adapter: Any) -> str | None:
+    """Why quality, performance and parity do not apply to this adapter, or None."""
+    if adapter.peft_type in PROMPT_METHODS:
+        return (f"{adapter.method} adds virtual tokens, not weights: quality, performance and "
+                "parity compare weight adapters")
+    task = adapter.task_type
+    if task not in (None, "CAUSAL_LM"):
+        return f"task type {task}: perplexity and logit parity need a CAUSAL_LM adapter"
+    return None
 
 
 def _no_progress(done: int, total: int | None) -> None:

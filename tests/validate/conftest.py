@@ -92,3 +92,13 @@ def lora_nan(models_dir: Path, tiny_lora: Path) -> Path:
 def retrained_base(models_dir: Path) -> Path:
     """Same architecture and shapes as tiny_base, different weights."""
     return make_tiny_llama(models_dir / "tiny-llama-seed7", seed=7)
+
+
+@pytest.fixture(scope="session")
+def prompt_adapter(models_dir: Path, tiny_base: Path) -> Path:
+    from peft import PromptTuningConfig
+
+    from tests.factories import make_adapter
+
+    config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    return make_adapter(tiny_base, models_dir / "prompt-tuning", config)

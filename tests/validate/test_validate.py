@@ -297,3 +297,19 @@ def test_schema_files_are_generated_from_code():
     for stem in ("validation-spec", "validation-report"):
         assert (SCHEMA_DIR / f"{stem}.schema.json").read_text() == render(load_schema(stem)), (
             "run python -m registry.schemas --write")
+
+
+def test_prompt_tuning_skips_model_checks_and_a_gate_on_them_fails(registry, tiny_base,
+                                                                   prompt_adapter):
+    ref = _add(registry, prompt_adapter, tiny_base, name="prompt")
+    report = validate(registry, ref, tiny_base)
+    statuses = {c.name: c.status for c in report.checks}
+    assert statuses["integrity"] == statuses["compatibility"] == statuses["health"] == "passed"
+    assert statuses["quality"] == statuses["performance"] == statuses["parity"] == "skipped"
+    assert "virtual tokens" in report.check("quality").summary
+    assert report.status == "passed"
+    gated = validate(registry, ref, tiny_base, gates=["ppl < 100"])
+    assert gated.status == "failed"
+    assert gated.gates[0].status == "error" and "not measured" in gated.gates[0].message
+    with pytest.raises(GateFailed):
+        gated.raise_for_status()
