@@ -102,3 +102,21 @@ def prompt_adapter(models_dir: Path, tiny_base: Path) -> Path:
 
     config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
     return make_adapter(tiny_base, models_dir / "prompt-tuning", config)
+
+
+@pytest.fixture(scope="session")
+def base_with_tokenizer(models_dir: Path, tiny_base: Path) -> Path:
+    """tiny_base plus a word-level tokenizer trained here on the default eval set (ids < 256)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from registry.validation.evaldata import load_texts
+
+    out = models_dir / "tiny-llama-tokenizer"
+    shutil.copytree(tiny_base, out)
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(load_texts(None).texts,
+                            trainers.WordLevelTrainer(vocab_size=250, special_tokens=["[UNK]"]))
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(out)
+    return out

@@ -313,3 +313,24 @@ def test_prompt_tuning_skips_model_checks_and_a_gate_on_them_fails(registry, tin
     assert gated.gates[0].status == "error" and "not measured" in gated.gates[0].message
     with pytest.raises(GateFailed):
         gated.raise_for_status()
+
+
+def test_base_tokenizer_is_used_when_present(registry, tiny_base, base_with_tokenizer, tiny_lora):
+    from transformers import AutoTokenizer
+
+    ref = _add(registry, tiny_lora, tiny_base)
+    report = validate(registry, ref, base_with_tokenizer, max_samples=3)
+    assert report.data["tokenizer"].endswith("from tiny-llama-tokenizer")
+    assert "fallback" not in report.data["tokenizer"]
+    tok = AutoTokenizer.from_pretrained(base_with_tokenizer)
+    expected = sum(len(tok(t)["input_ids"]) - 1 for t in load_texts(None, 3).texts)
+    assert report.figures["eval_tokens"] == expected
+    assert report.figures["fingerprint_match"] == 1  # same weights, tokenizer files aside
+
+
+def test_jsonl_without_text_field_is_a_usage_error(registry, tmp_path, tiny_base, tiny_lora):
+    ref = _add(registry, tiny_lora, tiny_base)
+    data = tmp_path / "eval.jsonl"
+    data.write_text('{"text": "fine"}\n{"prompt": "no text here"}\n')
+    with pytest.raises(UsageError, match="eval.jsonl:2: no string `text` field"):
+        validate(registry, ref, tiny_base, data=data)
