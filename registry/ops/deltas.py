@@ -1,0 +1,298 @@
+"""Per-method weight math for PEFT adapters, in one place: merge, compose, quantize, validate.
+
+Each formula follows PEFT's own `get_delta_weight` / `merge` (peft/tuners/*/layer.py and
+lora/variants.py) so that a merge here equals `merge_and_unload()`. Everything is computed in
+float32; callers cast once when they write.
+
+Layouts: a "weight" is always in the base checkpoint's layout, so for GPT-2's Conv1D
+(fan_in_fan_out) it is (in, out), and for an embedding it is (num_embeddings, dim).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from registry.errors import UnsupportedMethod
+from registry.peft_dir import PROMPT_METHODS, AdapterDir
+
+if TYPE_CHECKING:
+    import torch
+
+# Methods whose delta this module computes.
+MERGEABLE_METHODS = frozenset({"LORA", "ADALORA", "LOHA", "LOKR", "IA3"})
+
+# LoRA config fields that switch on a variant whose merge differs from plain LoRA/DoRA.
+_LORA_VARIANT_FIELDS = (
+    "use_qalora", "alora_invocation_tokens", "velora_config", "monteclora_config", "use_bdlora",
+    "arrow_config", "kasa_config",
+)
+# init_lora_weights values that rewrite the base weights at init: the saved factors only make
+# sense on top of the residual base, which the original checkpoint is not.
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
+
+
+def check_mergeable(adapter: AdapterDir) -> None:
+    """Raise UnsupportedMethod unless this module can compute the adapter's merged weights."""
+    method = adapter.peft_type
+    if method in PROMPT_METHODS or method == "ADAPTION_PROMPT":
+        raise UnsupportedMethod(method, "merged", "the method adds virtual tokens, not weights")
+    if method not in MERGEABLE_METHODS:
+        raise UnsupportedMethod(
+            method, "merged",
+            f"adapt merges {', '.join(sorted(MERGEABLE_METHODS))} (and DoRA) only",
+        )
+    if method == "LORA":
+        for name in _LORA_VARIANT_FIELDS:
+            if adapter.config.get(name):
+                raise UnsupportedMethod(
+                    f"LORA ({name})", "merged", "adapt does not implement this LoRA variant"
+                )
+        init = adapter.config.get("init_lora_weights")
+        if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
+            raise UnsupportedMethod(
+                f"LORA (init_lora_weights={init})", "merged",
+                "its factors apply to a rewritten base; save it with PEFT's "
+                "path_initial_model_for_weight_conversion to get a plain LoRA",
+            )
+        if init == "mica":
+            raise UnsupportedMethod("LORA (mica)", "merged", "adapt does not implement MiCA")
+
+
+def module_factors(
+    adapter: AdapterDir, tensors: Mapping[str, torch.Tensor]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Group loaded adapter tensors by module and part: {module: {"lora_A": t, ...}}.
+
+    tensors: the adapter's tensors by saved key (as `peft_dir.load_tensors` returns them).
+    """
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for module, mod in adapter.modules.items():
+        out[module] = {part: tensors[info.name] for part, info in mod.parts.items()}
+    return out
+
+
+def merged_weight(
+    adapter: AdapterDir,
+    module: str,
+    factors: Mapping[str, torch.Tensor],
+    base_weight: torch.Tensor,
+) -> torch.Tensor:
+    """The module's new weight (float32) after merging the adapter into `base_weight`."""
+    w = base_weight.float()
+    method = adapter.peft_type
+    if method == "IA3":
+        return w * _ia3_vector(adapter, module, factors, w)
+    delta = _additive_delta(adapter, module, factors, tuple(w.shape))
+    if "lora_magnitude_vector" in factors:
+        return _dora_merge(adapter, module, factors, w, delta)
+    return w + delta
+
+
+def delta_weight(
+    adapter: AdapterDir,
+    module: str,
+    factors: Mapping[str, torch.Tensor],
+    base_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The float32 change to the module's weight, in the base weight's layout.
+
+    base_weight: needed for DoRA and IA3, whose change depends on W (then merged - W); for the
+    additive methods it only fixes the layout (otherwise implied by the factors).
+    """
+    method = adapter.peft_type
+    multiplicative = method == "IA3" or "lora_magnitude_vector" in factors
+    if multiplicative:
+        if base_weight is None:
+            raise ValueError(f"{module}: the {adapter.method} delta depends on the base weight")
+        w = base_weight.float()
+        return merged_weight(adapter, module, factors, w) - w
+    shape = tuple(base_weight.shape) if base_weight is not None else None
+    return _additive_delta(adapter, module, factors, shape)
+
+
+def merged_bias(
+    adapter: AdapterDir,
+    module: str,
+    factors: Mapping[str, torch.Tensor],
+    base_bias: torch.Tensor,
+) -> torch.Tensor | None:
+    """The module's new bias (float32), or None when merging leaves the bias alone.
+
+    LoRA with lora_bias adds scale * lora_B.bias; IA3 on a non-feed-forward module scales the
+    bias by its vector (as PEFT's IA3 merge does).
+    """
+    method = adapter.peft_type
+    if method in {"LORA", "ADALORA"} and "lora_B.bias" in factors:
+        return base_bias.float() + factors["lora_B.bias"].float() * _lora_scale(adapter, module)
+    if method == "IA3" and not _ia3_is_feedforward(adapter, module, factors):
+        return base_bias.float() * factors["ia3_l"].float().reshape(base_bias.shape)
+    return None
+
+
+# -- additive methods -------------------------------------------------------------------------
+def _additive_delta(
+    adapter: AdapterDir,
+    module: str,
+    factors: Mapping[str, torch.Tensor],
+    shape: tuple[int, ...] | None,
+) -> torch.Tensor:
+    method = adapter.peft_type
+    if method in {"LORA", "ADALORA"}:
+        return _lora_delta(adapter, module, factors, shape)
+    if method == "LOHA":
+        delta = _loha_delta(adapter, module, factors)
+    elif method == "LOKR":
+        delta = _lokr_delta(adapter, module, factors)
+    else:
+        raise UnsupportedMethod(method, "merged", "it has no additive delta")
+    return delta.reshape(shape) if shape is not None else delta
+
+
+def _lora_scale(adapter: AdapterDir, module: str) -> float:
+    if adapter.peft_type == "ADALORA":
+        # AdaLoRA: scaling = lora_alpha (or r when alpha <= 0); the division by ranknum is
+        # applied separately, exactly as PEFT does.
+        alpha = adapter.alpha if adapter.alpha is not None else 0.0
+        return alpha if alpha > 0 else float(adapter.rank or 0)
+    return adapter.lora_scale(module)
+
+
+def _lora_delta(
+    adapter: AdapterDir,
+    module: str,
+    factors: Mapping[str, torch.Tensor],
+    shape: tuple[int, ...] | None,
+) -> torch.Tensor:
+    import torch
+
+    scale = _lora_scale(adapter, module)
+    if "lora_embedding_A" in factors:
+        a = factors["lora_embedding_A"].float()  # (r, num_embeddings)
+        b = factors["lora_embedding_B"].float()  # (dim, r)
+        return (b @ a).T * scale
+    a = factors["lora_A"].float()
+    b = factors["lora_B"].float()
+    if a.dim() != 2 or b.dim() != 2:
+        raise UnsupportedMethod(adapter.method, "merged",
+                                f"module {module} is a convolution, which adapt does not merge yet")
+    if adapter.peft_type == "ADALORA":
+        e = factors["lora_E"].float()
+        # PEFT keeps ranknum as a float32 parameter equal to the number of kept ranks
+        ranknum = torch.tensor(float(e.shape[0]), dtype=torch.float32)
+        product = b @ (a * e) * scale / (ranknum + 1e-5)
+    else:
+        product = (b @ a) * scale
+    if _fan_in_fan_out(adapter, (b.shape[0], a.shape[1]), shape):
+        product = product.T
+    return product
+
+
+def _fan_in_fan_out(
+    adapter: AdapterDir, out_in: tuple[int, int], shape: tuple[int, ...] | None
+) -> bool:
+    """Whether this module stores its weight as (in, out), like GPT-2's Conv1D.
+
+    PEFT forces the flag per module (on for Conv1D, off for Linear) whatever the config says;
+    the base shape tells us which, unless the weight is square.
+    """
+    if shape is not None and len(shape) == 2 and out_in[0] != out_in[1]:
+        return tuple(shape) == (out_in[1], out_in[0])
+    return adapter.fan_in_fan_out
+
+
+def _loha_delta(
+    adapter: AdapterDir, module: str, factors: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    if "hada_t1" in factors:
+        raise UnsupportedMethod("LOHA", "merged",
+                                f"module {module} uses CP-decomposed convolution factors")
+    r, alpha = adapter.rank_alpha(module)
+    w1 = factors["hada_w1_a"].float() @ factors["hada_w1_b"].float()
+    w2 = factors["hada_w2_a"].float() @ factors["hada_w2_b"].float()
+    return (w1 * w2) * (alpha / r)
+
+
+def _lokr_delta(
+    adapter: AdapterDir, module: str, factors: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    import torch
+
+    if "lokr_t2" in factors:
+        raise UnsupportedMethod("LOKR", "merged",
+                                f"module {module} uses CP-decomposed convolution factors")
+    if "lokr_w1" in factors:
+        w1 = factors["lokr_w1"].float()
+    else:
+        w1 = factors["lokr_w1_a"].float() @ factors["lokr_w1_b"].float()
+    if "lokr_w2" in factors:
+        w2 = factors["lokr_w2"].float()
+    else:
+        w2 = factors["lokr_w2_a"].float() @ factors["lokr_w2_b"].float()
+    if w1.dim() != 2 or w2.dim() != 2:
+        raise UnsupportedMethod("LOKR", "merged",
+                                f"module {module} is a convolution, which adapt does not merge yet")
+    # PEFT scales LoKr by alpha / r whether or not the factors are low-rank
+    r, alpha = adapter.rank_alpha(module)
+    return torch.kron(w1, w2.contiguous()) * (alpha / r)
+
+
+# -- multiplicative methods -------------------------------------------------------------------
+def _dora_merge(
+    adapter: AdapterDir,
+    module: str,
+    factors: Mapping[str, torch.Tensor],
+    w: torch.Tensor,
+    delta: torch.Tensor,
+) -> torch.Tensor:
+    """DoRA: m / ||W + dW|| (per output unit) times (W + dW), with the norm as PEFT takes it."""
+    magnitude = factors["lora_magnitude_vector"].float().reshape(-1)
+    if "lora_embedding_A" in factors:
+        # embedding weight is (num_embeddings, dim): the norm runs over embeddings, per dim
+        norm = (w.T + delta.T).norm(p=2, dim=1)
+        return (magnitude / norm).view(1, -1) * (w + delta)
+    if w.dim() != 2:
+        raise UnsupportedMethod("DORA", "merged",
+                                f"module {module} is a convolution, which adapt does not merge yet")
+    a, b = factors["lora_A"], factors["lora_B"]
+    fifo = _fan_in_fan_out(adapter, (b.shape[0], a.shape[1]), tuple(w.shape))
+    w_oi, d_oi = (w.T, delta.T) if fifo else (w, delta)
+    norm = (w_oi + d_oi).norm(p=2, dim=1)
+    factor = (magnitude / norm).view(-1, 1)
+    return (factor.T if fifo else factor) * (w + delta)
+
+
+def _ia3_is_feedforward(
+    adapter: AdapterDir, module: str, factors: Mapping[str, torch.Tensor]
+) -> bool:
+    ff = adapter.config.get("feedforward_modules")
+    if isinstance(ff, str):
+        return re.fullmatch(ff, module) is not None
+    if isinstance(ff, list | tuple):
+        return any(module == k or module.endswith(f".{k}") for k in ff)
+    vec = factors["ia3_l"]
+    return vec.dim() == 2 and vec.shape[0] == 1 and vec.shape[1] != 1
+
+
+def _ia3_vector(
+    adapter: AdapterDir, module: str, factors: Mapping[str, torch.Tensor], w: torch.Tensor
+) -> torch.Tensor:
+    """The IA3 vector shaped to broadcast over the weight: rows, or input columns (feed-forward)."""
+    vec = factors["ia3_l"].float()  # (out, 1), or (1, in) for feed-forward modules
+    if vec.dim() != 2 or w.dim() != 2:
+        raise UnsupportedMethod("IA3", "merged",
+                                f"module {module} is a convolution, which adapt does not merge yet")
+    # Conv1D stores (in, out): PEFT transposes the vector to match
+    return vec.T if _ia3_transposed(adapter, vec, w) else vec
+
+
+def _ia3_transposed(adapter: AdapterDir, vec: torch.Tensor, w: torch.Tensor) -> bool:
+    rows, cols = w.shape
+    fits = (vec.shape[0] in (1, rows)) and (vec.shape[1] in (1, cols))
+    fits_t = (vec.shape[1] in (1, rows)) and (vec.shape[0] in (1, cols))
+    if fits and not fits_t:
+        return False
+    if fits_t and not fits:
+        return True
+    return adapter.fan_in_fan_out
