@@ -129,9 +129,9 @@ def screen_text(app: Any) -> str:
 
 async def settle(pilot: Any, delay: float = 0.0) -> None:
     """Wait for the app's workers and queued messages (twice: a page may start another)."""
+    if delay:
+        await pilot.pause(delay)
     for _ in range(3):
-        if delay:
-            await pilot.pause(delay)
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
 
