@@ -26,7 +26,8 @@ MERGEABLE_METHODS = frozenset({"LORA", "ADALORA", "LOHA", "LOKR", "IA3"})
 # LoRA config fields that switch on a variant whose merge differs from plain LoRA/DoRA.
 _LORA_VARIANT_FIELDS = (
     "use_qalora", "alora_invocation_tokens", "velora_config", "monteclora_config", "use_bdlora",
-    "arrow_config", "kasa_config",
+    "arrow_config", "kasa_config", "target_parameters", "layer_replication",
+    "trainable_token_indices",
 )
 # init_lora_weights values that rewrite the base weights at init: the saved factors only make
 # sense on top of the residual base, which the original checkpoint is not.

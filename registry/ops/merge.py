@@ -15,7 +15,7 @@ import shutil
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -221,3 +221,366 @@ def _check_quantization(base_quantization: str | None) -> None:
     if base_quantization is not None and base_quantization not in BASE_QUANTIZATIONS:
         raise UsageError(f"unknown base quantization {base_quantization!r}",
                          f"use one of {', '.join(BASE_QUANTIZATIONS)}")
+
+
+# -- writing ---------------------------------------------------------------------------------
+@dataclass
+class _Planned:
+    name: str
+    dtype: str  # safetensors dtype written
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass
+class _Shard:
+    file: str
+    entries: list[_Planned]
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(e.nbytes for e in self.entries)
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'5GB' -> 5_000_000_000 (GiB/MiB/KiB are powers of two, as transformers reads them)."""
+    if text is None or isinstance(text, int):
+        return text
+    raw = text.strip().upper()
+    units = {"GIB": 1 << 30, "MIB": 1 << 20, "KIB": 1 << 10, "TB": 10**12, "GB": 10**9,
+             "MB": 10**6, "KB": 10**3, "B": 1}
+    unit = next((u for u in units if raw.endswith(u)), None)
+    number, factor = (raw[: -len(unit)].strip(), units[unit]) if unit else (raw, 1)
+    try:
+        value = int(float(number) * factor)
+    except ValueError:
+        raise UsageError(f"invalid size {text!r}", "write it like 5GB, 500MB or 2GiB") from None
+    if value <= 0:
+        raise UsageError(f"invalid size {text!r}", "the shard size must be positive")
+    return value
+
+
+def _plan(prep: _Prepared, dtype: str | None, shard_size: int | None) -> list[_Shard]:
+    """Decide every output file and tensor (name, dtype, shape) before reading any weight."""
+    target = DTYPES[dtype] if dtype else None
+    base = prep.ckpt.tensors
+    rows: list[tuple[Path | None, _Planned]] = []
+    for path, name in _base_order(prep.ckpt):
+        info = base[name]
+        out_dtype = target if target and info.dtype in FLOAT_DTYPES else info.dtype
+        rows.append((path, _planned(name, out_dtype, info.shape)))
+    for name, tensor in prep.appended.items():
+        own = _st_dtype(tensor)
+        out_dtype = target if target and own in FLOAT_DTYPES else (
+            "F32" if own in FLOAT_DTYPES else own)
+        rows.append((None, _planned(name, out_dtype, tuple(tensor.shape))))
+    if shard_size is None:
+        if prep.ckpt.index_file is None and len(prep.ckpt.files) == 1:
+            return [_Shard(prep.ckpt.files[0].name, [p for _, p in rows])]
+        # keep the base's sharding: same files, same assignment; new tensors join the last
+        shards = {f: _Shard(f.name, []) for f in prep.ckpt.files}
+        last = prep.ckpt.files[-1]
+        for path, planned in rows:
+            shards[path or last].entries.append(planned)
+        return list(shards.values())
+    groups: list[list[_Planned]] = [[]]
+    size = 0
+    for _, planned in rows:
+        if groups[-1] and size + planned.nbytes > shard_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(planned)
+        size += planned.nbytes
+    if len(groups) == 1:
+        return [_Shard("model.safetensors", groups[0])]
+    n = len(groups)
+    return [_Shard(f"model-{i:05d}-of-{n:05d}.safetensors", g) for i, g in enumerate(groups, 1)]
+
+
+def _planned(name: str, dtype: str, shape: tuple[int, ...]) -> _Planned:
+    numel = 1
+    for d in shape:
+        numel *= d
+    return _Planned(name, dtype, tuple(shape), int(numel * DTYPE_SIZES[dtype]))
+
+
+_TORCH_TO_ST = {"torch.float16": "F16", "torch.bfloat16": "BF16", "torch.float32": "F32",
+                "torch.float64": "F64", "torch.int8": "I8", "torch.uint8": "U8",
+                "torch.int16": "I16", "torch.int32": "I32", "torch.int64": "I64",
+                "torch.bool": "BOOL", "torch.float8_e4m3fn": "F8_E4M3",
+                "torch.float8_e5m2": "F8_E5M2", "torch.uint16": "U16", "torch.uint32": "U32",
+                "torch.uint64": "U64"}
+
+
+def _st_dtype(tensor: torch.Tensor) -> str:
+    try:
+        return _TORCH_TO_ST[str(tensor.dtype)]
+    except KeyError:
+        raise UnsupportedMethod(str(tensor.dtype), "written", "no safetensors dtype") from None
+
+
+def _torch_dtype(st_dtype: str) -> torch.dtype:
+    import torch
+
+    for name, st in _TORCH_TO_ST.items():
+        if st == st_dtype:
+            return getattr(torch, name.split(".", 1)[1])
+    raise UnsupportedMethod(st_dtype, "written", "no torch dtype")
+
+
+def _header_bytes(shard: _Shard, metadata: dict[str, str]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for e in shard.entries:
+        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape),
+                          "data_offsets": [offset, offset + e.nbytes]}
+        offset += e.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    # pad with spaces so tensor data starts 8-byte aligned, as safetensors itself does
+    blob += b" " * (-len(blob) % _HEADER_ALIGN)
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def _write_tensor(fh: Any, tensor: torch.Tensor, planned: _Planned) -> None:
+    import torch
+
+    if _st_dtype(tensor) != planned.dtype:
+        tensor = tensor.to(_torch_dtype(planned.dtype))
+    if tuple(tensor.shape) != planned.shape:
+        raise UnsupportedMethod("merge", "written",
+                                f"{planned.name} came out as {list(tensor.shape)}, "
+                                f"planned {list(planned.shape)}")
+    data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+    if data.nbytes != planned.nbytes:
+        raise UnsupportedMethod("merge", "written", f"{planned.name}: byte count mismatch")
+    fh.write(memoryview(data))
+
+
+def _files_to_copy(base_dir: Path) -> list[Path]:
+    """Config, generation config, tokenizer and other small files; never stale weights."""
+    out = []
+    for p in sorted(base_dir.iterdir()):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if p.name.endswith(_WEIGHT_SUFFIXES) or p.name.endswith(INDEX_SUFFIX.replace(
+                ".safetensors", ".bin")) or p.name.endswith(INDEX_SUFFIX):
+            continue
+        if p.name == MERGE_RECORD:
+            continue
+        out.append(p)
+    return out
+
+
+def _free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def _check_out_dir(out_dir: Path, base_dir: Path, adapter_dir: Path, force: bool) -> None:
+    resolved = out_dir.resolve()
+    for other, what in ((base_dir, "the base model"), (adapter_dir, "the adapter")):
+        if resolved == other.resolve():
+            raise UsageError(f"--out {out_dir} is {what}'s directory",
+                             "write the merged model somewhere new")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise AlreadyExists(str(out_dir), "it is a file; choose another --out")
+        if any(out_dir.iterdir()) and not force:
+            raise AlreadyExists(f"{out_dir} (not empty)", "pass --force to replace it")
+
+
+def merge_adapter_into_base(
+    adapter_dir: Path,
+    base_dir: Path,
+    out_dir: Path,
+    *,
+    dtype: str | None = None,
+    shard_size: int | None = None,
+    base_quantization: str | None = None,
+    force: bool = False,
+    provenance: dict[str, Any] | None = None,
+    on_progress: Progress | None = None,
+) -> MergeResult:
+    """Write base + adapter as a standalone model directory that transformers loads.
+
+    dtype: "bf16", "fp16" or "fp32" for every floating tensor; None keeps the base's dtypes.
+    shard_size: bytes per output shard; None keeps the base's sharding.
+    base_quantization: "nf4"/"fp4" (+"-dq"): merge into dequant(quant(W)) for QLoRA adapters.
+    force: replace a non-empty out_dir.
+    provenance: facts to record (adapter_ref, adapter_digest, base_fingerprint...); the base
+        fingerprint is computed when absent.
+    on_progress: called with (bytes written, total bytes to write).
+    """
+    import torch
+
+    started = time.perf_counter()
+    adapter_dir, base_dir, out_dir = Path(adapter_dir), Path(base_dir), Path(out_dir)
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}", f"use one of {', '.join(DTYPES)}")
+    _check_quantization(base_quantization)
+    _check_out_dir(out_dir, base_dir, adapter_dir, force)
+    prep = _prepare(adapter_dir, base_dir)
+    shards = _plan(prep, dtype, shard_size)
+
+    from registry import __version__
+
+    facts: dict[str, Any] = dict(provenance or {})
+    if "base_fingerprint" not in facts:
+        from registry.fingerprint import fingerprint_model
+
+        facts["base_fingerprint"] = fingerprint_model(base_dir).fingerprint
+    facts.setdefault("adapter_path", str(adapter_dir))
+    facts.update(method=prep.adapter.method, peft_type=prep.adapter.peft_type, dtype=dtype,
+                 base_quantization=base_quantization, adapt_version=__version__)
+    metadata = {"format": "pt", "adapt_merge": json.dumps(facts, sort_keys=True)}
+    headers = {s.file: _header_bytes(s, metadata) for s in shards}
+    copies = _files_to_copy(base_dir)
+    total = sum(s.data_bytes for s in shards)
+    needed = total + sum(len(h) for h in headers.values()) + sum(p.stat().st_size for p in copies)
+    free = _free_bytes(out_dir.parent)
+    if needed + (16 << 20) > free:  # a little slack for the index, config and filesystem
+        raise InsufficientDisk(out_dir.parent, needed, free)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.adapt-partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        # tensors arrive in base order; shards that keep the base layout are written in turn,
+        # re-sharded output likewise, so one file is open at a time
+        open_file: tuple[str, Any] | None = None
+        written = 0
+        stream = _stream(prep, base_quantization=base_quantization, on_progress=None)
+        for shard in shards:
+            fh = open(tmp / shard.file, "wb")
+            open_file = (shard.file, fh)
+            fh.write(headers[shard.file])
+            for entry in shard.entries:
+                name, tensor, _ = next(stream)
+                if name != entry.name:
+                    # the plan and the stream disagree only on a bug; fail loudly
+                    raise RuntimeError(f"merge order: got {name}, planned {entry.name}")
+                with torch.no_grad():
+                    _write_tensor(fh, tensor, entry)
+                del tensor
+                written += entry.nbytes
+                if on_progress is not None:
+                    on_progress(written, total)
+            fh.close()
+            open_file = None
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": total},
+                     "weight_map": {e.name: s.file for s in shards for e in s.entries}}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        copied = []
+        for p in copies:
+            shutil.copy2(p, tmp / p.name)
+            copied.append(p.name)
+        if dtype is not None:
+            _set_config_dtype(tmp / "config.json", dtype)
+        record = {**facts, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "files": [s.file for s in shards]}
+        (tmp / MERGE_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        if open_file is not None:
+            open_file[1].close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return MergeResult(
+        out_dir=out_dir,
+        files=[s.file for s in shards],
+        tensors=sum(len(s.entries) for s in shards),
+        merged_modules=len(prep.factors),
+        replaced_tensors=len(prep.replacements) + len(prep.appended),
+        total_bytes=total,
+        method=prep.adapter.method,
+        dtype=dtype,
+        base_quantization=base_quantization,
+        provenance=facts,
+        seconds=time.perf_counter() - started,
+        copied_files=copied,
+    )
+
+
+_CONFIG_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _set_config_dtype(config_path: Path, dtype: str) -> None:
+    """Say the new dtype in config.json so `dtype="auto"` loads what was written."""
+    if not config_path.is_file():
+        return
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return
+    if not isinstance(config, dict):
+        return
+    keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["dtype"]
+    for k in keys:
+        config[k] = _CONFIG_DTYPES[dtype]
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished temp dir to out_dir; an old out_dir (--force) is removed after."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    if not any(out_dir.iterdir()):
+        out_dir.rmdir()
+        os.replace(tmp, out_dir)
+        return
+    old = out_dir.parent / f".{out_dir.name}.adapt-old-{uuid.uuid4().hex[:8]}"
+    os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -- the registry side -----------------------------------------------------------------------
+def record_merge(
+    reg: Registry,
+    version: VersionInfo,
+    base_fingerprint: str,
+    out_dir: Path,
+    result: MergeResult,
+) -> BaseInfo:
+    """Record the merged output as a model of kind "merged", linked to its adapter and base."""
+    details = {
+        "adapter": version.ref,
+        "adapter_digest": version.digest,
+        "method": result.method,
+        "dtype": result.dtype,
+        "base_quantization": result.base_quantization,
+        "files": result.files,
+        "provenance": result.provenance,
+    }
+    return reg.add_base(out_dir, kind="merged", source_version_id=version.id,
+                        parent_fingerprint=base_fingerprint, details=details)
+
+
+def merge_version(
+    reg: Registry,
+    ref: str,
+    base_dir: Path,
+    out_dir: Path,
+    *,
+    dtype: str | None = None,
+    shard_size: int | None = None,
+    base_quantization: str | None = None,
+    force: bool = False,
+    on_progress: Progress | None = None,
+) -> tuple[MergeResult, BaseInfo]:
+    """Merge a registered adapter version into `base_dir` and record the result (`adapt merge`)."""
+    version = reg.resolve(ref)
+    adapter_dir = reg.checkout(version)
+    base_fingerprint = reg.fingerprint(base_dir).fingerprint
+    provenance = {"adapter_ref": version.ref, "adapter_digest": version.digest,
+                  "base_fingerprint": base_fingerprint}
+    result = merge_adapter_into_base(
+        adapter_dir, base_dir, out_dir, dtype=dtype, shard_size=shard_size,
+        base_quantization=base_quantization, force=force, provenance=provenance,
+        on_progress=on_progress,
+    )
+    return result, record_merge(reg, version, base_fingerprint, out_dir, result)
