@@ -431,7 +431,8 @@ def merge_adapter_into_base(
         from registry.fingerprint import fingerprint_model
 
         facts["base_fingerprint"] = fingerprint_model(base_dir).fingerprint
-    facts.setdefault("adapter_path", str(adapter_dir))
+    if "adapter_ref" not in facts:
+        facts["adapter_path"] = str(adapter_dir.resolve())
     facts.update(method=prep.adapter.method, peft_type=prep.adapter.peft_type, dtype=dtype,
                  base_quantization=base_quantization, adapt_version=__version__)
     metadata = {"format": "pt", "adapt_merge": json.dumps(facts, sort_keys=True)}
