@@ -19,7 +19,7 @@ from tui.compare import CompareScreen
 from tui.detail import DetailScreen
 from tui.dialogs import BasePickerScreen, ConfirmScreen, HelpScreen, JobScreen, PromptScreen
 from tui.queries import base_choices, parse_filter
-from tui.version_list import COLUMNS, VersionTable
+from tui.version_list import COLUMNS, PAGE, VersionTable
 
 if TYPE_CHECKING:
     from registry.registry import Registry
@@ -55,9 +55,10 @@ class ListScreen(Screen[None]):
         Binding("r", "reload", "Reload", show=False),
     ]
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, page_size: int) -> None:
         super().__init__()
         self.registry = registry
+        self.page_size = page_size
         self._filter_timer: Timer | None = None
 
     @property
@@ -67,7 +68,7 @@ class ListScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
         yield Input(placeholder="/ filter: name  base:NAME  method:LORA  tag:prod", id="filter")
-        yield VersionTable(self.registry, id="list")
+        yield VersionTable(self.registry, self.page_size, id="list")
         yield Static(EMPTY_HELP, id="empty")
         yield Static(id="status")
         yield Footer()
@@ -208,13 +209,14 @@ class AdaptApp(App[None]):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, page_size: int = PAGE) -> None:
         super().__init__()
         self.registry = registry
+        self.page_size = page_size
         self.marked: list[str] = []
 
     def get_default_screen(self) -> Screen[Any]:
-        return ListScreen(self.registry)
+        return ListScreen(self.registry, self.page_size)
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -260,8 +262,7 @@ class AdaptApp(App[None]):
         name = shown["name"]
 
         def answered(tag: str | None) -> None:
-            # untag returns None: `or True` tells success from a caught error
-            if tag and self._attempt("untag", lambda: self.registry.untag(name, tag) or True):
+            if tag and self._attempt("untag", lambda: _untag(self.registry, name, tag)):
                 self.notify(f"removed tag {name}:{tag}", title="Untagged")
                 self.refresh_views()
 
@@ -403,6 +404,15 @@ class AdaptApp(App[None]):
         self.refresh_views()
 
 
-def make_app(registry: Registry) -> AdaptApp:
-    """The TUI for `registry`, ready for `.run()` or `.run_test()`."""
-    return AdaptApp(registry)
+def _untag(registry: Registry, name: str, tag: str) -> bool:
+    """Untag and say so (untag returns None, which `_attempt` reads as a caught error)."""
+    registry.untag(name, tag)
+    return True
+
+
+def make_app(registry: Registry, *, page_size: int = PAGE) -> AdaptApp:
+    """The TUI for `registry`, ready for `.run()` or `.run_test()`.
+
+    page_size: list rows fetched per query (the next page loads as the cursor nears the end).
+    """
+    return AdaptApp(registry, page_size)

@@ -41,7 +41,7 @@ def _last_score(show: dict[str, Any], key: tuple[str, str | None]) -> float | No
 def diff_summary(reg: Registry, a: str, b: str) -> str:
     """The `adapt diff` summary of two versions, or a line saying why there is none."""
     try:
-        from registry.ops import diff as diff_ops  # written in the compose issue
+        from registry.ops import diff as diff_ops  # type: ignore[attr-defined]  # compose issue
     except ImportError:
         return "Weight diff: not available in this build (registry.ops.diff is missing)."
     summarize = getattr(diff_ops, "diff_summary", None) or getattr(diff_ops, "diff_versions", None)

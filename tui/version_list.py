@@ -57,9 +57,10 @@ class VersionTable(DataTable[Any]):
         shown: int
         filtered: bool
 
-    def __init__(self, registry: Registry, **kwargs: Any) -> None:
+    def __init__(self, registry: Registry, page_size: int = PAGE, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.registry = registry
+        self.page_size = page_size
         self.list_filter = ListFilter()
         self.sort_column = "name"
         self.descending = False
@@ -99,11 +100,12 @@ class VersionTable(DataTable[Any]):
             # a column the database does not order by: sort everything that matches here
             rows = reg.list_versions(**kw) if reset else []
         elif not self.descending:
-            rows = reg.list_versions(**kw, order=self.sort_column, limit=PAGE, offset=offset)
+            rows = reg.list_versions(**kw, order=self.sort_column, limit=self.page_size,
+                                     offset=offset)
         else:
             # descending pages are ascending pages counted from the end, reversed
             end = total - offset
-            start = max(end - PAGE, 0)
+            start = max(end - self.page_size, 0)
             rows = reg.list_versions(**kw, order=self.sort_column, limit=end - start, offset=start)
             rows.reverse()
         for row in rows:
@@ -157,7 +159,7 @@ class VersionTable(DataTable[Any]):
     # -- paging and sorting ------------------------------------------------------------------
     @on(DataTable.RowHighlighted)
     def _near_end(self, event: DataTable.RowHighlighted) -> None:
-        if event.cursor_row >= self.row_count - 10:
+        if event.cursor_row >= self.row_count - 10:  # before the user reaches the end
             self.load_more()
 
     def watch_scroll_y(self, old: float, new: float) -> None:

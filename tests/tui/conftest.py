@@ -5,16 +5,15 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import select, update
 
 from registry.db.models import (
-    Adapter,
     AdapterVersion,
     EvalScore,
     HubLink,
@@ -22,8 +21,9 @@ from registry.db.models import (
     ValidationRun,
 )
 from registry.registry import ParentLink, Registry
+from tests.tui.bulk import T0, insert_versions
 
-T0 = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+__all__ = ["T0", "insert_versions", "screen_text", "settle"]
 
 
 def _fixed_copy(src: Path, out: Path) -> Path:
@@ -85,36 +85,6 @@ def populated(registry: Registry, tiny_base: Path, fixed_loras: tuple[Path, Path
         s.commit()
     freeze_times(reg)
     return reg
-
-
-def insert_versions(reg: Registry, n: int, per_adapter: int = 1) -> None:
-    """Insert `n` bare versions (no files) straight through the models: 10,000 in about a second."""
-    with reg.session() as s:
-        start = (s.execute(select(func.max(Adapter.id))).scalar_one() or 0) + 1
-        adapters = (n + per_adapter - 1) // per_adapter
-        s.execute(insert(Adapter), [
-            {"id": start + i, "name": f"adapter-{i:05d}", "created_at": T0, "updated_at": T0}
-            for i in range(adapters)
-        ])
-        methods = ("LORA", "DORA", "LOHA", "IA3")
-        s.execute(insert(AdapterVersion), [
-            {
-                "adapter_id": start + i // per_adapter,
-                "version": i % per_adapter + 1,
-                "manifest_digest": f"sha256:{i:064x}",
-                "peft_type": "LORA",
-                "method": methods[i % 4],
-                "rank": 4 << (i % 4),
-                "alpha": 8.0,
-                "base_model": f"base-{i % 3}",
-                "params": 1000,
-                "size_bytes": 4000,
-                "dtype": "F32",
-                "created_at": T0 + timedelta(seconds=i),
-            }
-            for i in range(n)
-        ])
-        s.commit()
 
 
 def screen_text(app: Any) -> str:
