@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,7 +121,6 @@ def check_health(adapter: AdapterDir, ckpt: Checkpoint, figures: dict[str, float
                  outlier_factor: float = 10.0) -> CheckResult:
     """NaN/Inf in any adapter tensor (raises NonFiniteTensor), delta norms with outliers named."""
     import torch
-    from safetensors import safe_open
 
     from registry.peft_dir import load_tensors
 
@@ -134,29 +132,13 @@ def check_health(adapter: AdapterDir, ckpt: Checkpoint, figures: dict[str, float
     if bad:
         key = next(iter(bad))
         raise NonFiniteTensor(adapter.path, key, bad[key])
-    norms: dict[str, float] = {}
-    rel: dict[str, float] = {}
-    unsupported = adapter.peft_type in PROMPT_METHODS
-    files = ckpt.file_of()
-    for module in adapter.modules:
-        norm = delta_norm(adapter, module, tensors)
-        if norm is None:
-            unsupported = True
-            continue
-        norms[module] = norm
-        key = f"{module}.weight"
-        if key in files:
-            with safe_open(str(files[key]), framework="pt") as f:
-                base_norm = float(f.get_tensor(key).float().norm())
-            if base_norm > 0:
-                rel[module] = norm / base_norm
+    norms, rel, unsupported = module_delta_norms(adapter, ckpt, tensors)
     details: dict[str, Any] = {"delta_norms": {m: round(v, 6) for m, v in norms.items()},
                                "outlier_factor": outlier_factor}
     if not norms:
         for name in ("delta_norm_max", "delta_norm_median", "delta_rel_max", "delta_outliers"):
             figures[name] = None
-        reason = (f"{adapter.method} has no weight deltas" if adapter.peft_type in PROMPT_METHODS
-                  else f"delta norms are not computed for {adapter.method}")
+        reason = unsupported or f"{adapter.method} has no weight deltas"
         return CheckResult("health", "passed", f"no NaN/Inf in {len(tensors)} tensors; {reason}",
                            details)
     median = statistics.median(norms.values())
@@ -168,8 +150,6 @@ def check_health(adapter: AdapterDir, ckpt: Checkpoint, figures: dict[str, float
     details["outliers"] = {m: round(norms[m], 6) for m in outliers}
     summary = (f"no NaN/Inf in {len(tensors)} tensors; delta norm median {median:.4g}, "
                f"max {max(norms.values()):.4g}")
-    if unsupported:
-        summary += " (some modules' deltas not computed for this method)"
     if outliers:
         shown = ", ".join(outliers[:3]) + (" ..." if len(outliers) > 3 else "")
         return CheckResult("health", "warn",
@@ -178,23 +158,40 @@ def check_health(adapter: AdapterDir, ckpt: Checkpoint, figures: dict[str, float
     return CheckResult("health", "passed", summary, details)
 
 
-def delta_norm(adapter: AdapterDir, module: str, tensors: dict[str, torch.Tensor]
-               ) -> float | None:
-    """Frobenius norm of one module's weight delta, or None for methods not handled here.
+def module_delta_norms(adapter: AdapterDir, ckpt: Checkpoint,
+                       tensors: dict[str, torch.Tensor]
+                       ) -> tuple[dict[str, float], dict[str, float], str | None]:
+    """Per module: ||delta W||_F, and ||delta W|| / ||W|| where the base has the weight.
 
-    Plain LoRA: ||scale * B @ A|| from the r x r Gram matrices, never forming the m x n delta.
+    Deltas come from registry.ops.deltas.delta_weight (the math merge uses), one module at a
+    time with its base weight read alone. Returns (norms, relative norms, why none were
+    computed or None).
     """
-    if adapter.peft_type != "LORA" or adapter.config.get("use_dora"):
-        return None
-    parts = adapter.modules[module].parts
-    if "lora_A" in parts and "lora_B" in parts:
-        a_key, b_key = parts["lora_A"].name, parts["lora_B"].name
-    elif "lora_embedding_A" in parts and "lora_embedding_B" in parts:
-        a_key, b_key = parts["lora_embedding_A"].name, parts["lora_embedding_B"].name
-    else:
-        return None
-    a = tensors[a_key].double().reshape(tensors[a_key].shape[0], -1)  # (r, in)
-    b = tensors[b_key].double().reshape(tensors[b_key].shape[0], -1)  # (out, r)
-    # ||B A||_F^2 = sum((A A^T) * (B^T B))
-    sq = float(((a @ a.T) * (b.T @ b)).sum())
-    return abs(adapter.lora_scale(module)) * math.sqrt(max(sq, 0.0))
+    from safetensors import safe_open
+
+    from registry.errors import UnsupportedMethod
+    from registry.ops.deltas import check_mergeable, delta_weight, module_factors
+
+    if adapter.peft_type in PROMPT_METHODS:
+        return {}, {}, f"{adapter.method} has no weight deltas"
+    try:
+        check_mergeable(adapter)
+    except UnsupportedMethod as error:
+        return {}, {}, f"no delta norms: {error}"
+    factors = module_factors(adapter, tensors)
+    files = ckpt.file_of()
+    norms: dict[str, float] = {}
+    rel: dict[str, float] = {}
+    for module in adapter.modules:
+        key = f"{module}.weight"
+        base_weight = None
+        if key in files:
+            with safe_open(str(files[key]), framework="pt") as f:
+                base_weight = f.get_tensor(key).float()
+        delta = delta_weight(adapter, module, factors[module], base_weight)
+        norms[module] = float(delta.double().norm())
+        if base_weight is not None:
+            base_norm = float(base_weight.double().norm())
+            if base_norm > 0:
+                rel[module] = norms[module] / base_norm
+    return norms, rel, None

@@ -219,15 +219,54 @@ def measure_forward(model: Any, *, vocab: int, batch: int, length: int, device: 
                           repeats)
 
 
-def merge_unmerged(peft_model: Any) -> tuple[Any, str]:
-    """Fold the adapter into the base weights in place; returns (plain model, how).
+def merge_unmerged(peft_model: Any, adapter_dir: Path, base_dir: Path) -> tuple[Any, str]:
+    """Turn the loaded base + adapter into the merged model in place; returns (model, how).
 
-    Uses PEFT's merge_and_unload: in place, so no second copy of the model is held.
+    With adapt's own merge (registry.ops.merge.iter_merged_tensors) when it handles the
+    adapter and the checkpoint names match the model's, so parity tests what `adapt merge`
+    writes; otherwise PEFT's merge_and_unload. Both work in place: no second model copy.
     """
+    from registry.errors import UnsupportedMethod
+
+    base_keys = set(peft_model.get_base_model().state_dict())
+    from registry.peft_dir import read_adapter_dir
+
+    adapter = read_adapter_dir(adapter_dir)
+    names_match = all(f"{m}.base_layer.weight" in base_keys or f"{m}.weight" in base_keys
+                      for m in adapter.modules)
+    if names_match:
+        try:
+            from registry.ops.merge import iter_merged_tensors
+
+            merged = iter_merged_tensors(adapter_dir, base_dir)  # checks before yielding
+        except (ImportError, UnsupportedMethod):
+            merged = None
+        if merged is not None:
+            return _load_merged(peft_model, merged), "adapt merge (iter_merged_tensors)"
     try:
-        return peft_model.merge_and_unload(), "peft merge_and_unload (in place)"
+        return peft_model.merge_and_unload(), "peft merge_and_unload"
     except Exception as error:  # PEFT raises ValueError for methods it cannot merge
-        raise InvalidAdapter("adapter", f"PEFT could not merge it: {error}") from None
+        raise InvalidAdapter(adapter_dir, f"PEFT could not merge it: {error}") from None
+
+
+def _load_merged(peft_model: Any, merged: Any) -> Any:
+    """Drop the adapter layers (unload: weights untouched) and copy merged tensors in."""
+    import torch
+
+    model = peft_model.unload()
+    params = model.state_dict()  # shares storage with the parameters
+    unknown = []
+    with torch.no_grad():
+        for name, tensor in merged:
+            target = params.get(name)
+            if target is None:
+                unknown.append(name)
+                continue
+            target.copy_(tensor.to(dtype=target.dtype))
+    if unknown:
+        raise InvalidModel("merged model", f"merged tensors the model does not have: "
+                           f"{', '.join(unknown[:3])}")
+    return model
 
 
 def release(device: str) -> None:

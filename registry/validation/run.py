@@ -403,7 +403,8 @@ class _RunState:
             fw.release(self.device)
             merged_model = fw.load_causal_lm(self.opts.merged, self.device, self.dtype)
         else:
-            merged_model, how = fw.merge_unmerged(self.model)
+            assert self.adapter_dir is not None
+            merged_model, how = fw.merge_unmerged(self.model, self.adapter_dir, self.base)
             self.model = None
         merged = fw.collect_logits(merged_model, parity_batches)
         max_abs, mean_abs = fw.logit_difference(unmerged, merged)

@@ -105,7 +105,7 @@ def test_on_the_fly_merge_matches_unmerged(registry, tiny_base, tiny_lora_r8):
     ref = _add(registry, tiny_lora_r8, tiny_base)
     report = validate(registry, ref, tiny_base, max_samples=4)
     assert report.figures["parity_max_abs"] < 1e-4
-    assert "merge" in report.check("parity").details["merged_with"]
+    assert report.check("parity").details["merged_with"].startswith("adapt merge")
 
 
 def test_quantized_model_kl_divergence_is_measured(registry, tiny_base, tiny_lora, merged_exact,
