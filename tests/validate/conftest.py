@@ -120,3 +120,22 @@ def base_with_tokenizer(models_dir: Path, tiny_base: Path) -> Path:
                             trainers.WordLevelTrainer(vocab_size=250, special_tokens=["[UNK]"]))
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def method_adapters(models_dir: Path, tiny_base: Path) -> dict[str, Path]:
+    """A DoRA, a LoHa and an IA3 adapter on tiny_base (random, non-zero deltas)."""
+    from peft import IA3Config, LoHaConfig
+
+    from tests.factories import make_adapter, make_lora
+
+    return {
+        "dora": make_lora(tiny_base, models_dir / "dora", r=4, alpha=8, use_dora=True),
+        "loha": make_adapter(tiny_base, models_dir / "loha",
+                             LoHaConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"],
+                                        init_weights=False)),
+        "ia3": make_adapter(tiny_base, models_dir / "ia3",
+                            IA3Config(target_modules=["k_proj", "down_proj"],
+                                      feedforward_modules=["down_proj"],
+                                      init_ia3_weights=False)),
+    }

@@ -334,3 +334,14 @@ def test_jsonl_without_text_field_is_a_usage_error(registry, tmp_path, tiny_base
     data.write_text('{"text": "fine"}\n{"prompt": "no text here"}\n')
     with pytest.raises(UsageError, match="eval.jsonl:2: no string `text` field"):
         validate(registry, ref, tiny_base, data=data)
+
+
+@pytest.mark.parametrize("method", ["dora", "loha", "ia3"])
+def test_other_methods_get_delta_norms_and_exact_merge_parity(registry, tiny_base,
+                                                              method_adapters, method):
+    ref = _add(registry, method_adapters[method], tiny_base, name=method)
+    report = validate(registry, ref, tiny_base, max_samples=2)
+    assert report.check("health").status == "passed"
+    assert report.figures["delta_norm_max"] > 0
+    assert report.check("parity").details["merged_with"].startswith("adapt merge")
+    assert report.figures["parity_max_abs"] < 1e-4  # adapt's merge == PEFT unmerged forward
