@@ -78,7 +78,8 @@ def worker(side: str, base: str, lora: str, device: str, batch: int, length: int
     with torch.no_grad():
         for i in range(repeats + 1):
             t = time.perf_counter()
-            model(input_ids=ids)
+            # no KV cache, as in adapt's pass: scoring a batch never decodes further
+            model(input_ids=ids, use_cache=False)
             if device == "cuda":
                 torch.cuda.synchronize()
             if i:
