@@ -30,6 +30,7 @@ from registry.validation.checks import (
 )
 from registry.validation.evaldata import load_texts
 from registry.validation.figures import CHECKS, FIGURES, NEEDS_OPTION
+from registry.validation.forward import resolve_device, resolve_dtype
 from registry.validation.gates import Gate, MissingFigure, parse_gate
 from registry.validation.spec import (
     REPORT_FORMAT,
@@ -197,8 +198,6 @@ def validate_version(
     """
     opts = _options(merged_dir, quantized_dir, data, device, dtype, gates, spec, max_samples,
                     perf)
-    from registry.validation.forward import resolve_device, resolve_dtype
-
     if opts.device != "auto":
         # an impossible device is a usage error before any run starts; "auto" needs no check
         resolve_device(opts.device)
