@@ -1,0 +1,276 @@
+"""The adapter manifest (`adapt.json`) and the model card pushed with each version to the Hub.
+
+The manifest holds every field of `adapt show --json` except two that describe the registry
+around a version rather than the version itself: `hub` (where it was pushed, which would make
+the manifest refer to its own commit) and `children` (which grows whenever someone derives from
+the version, and would make an unchanged version look changed). Pull rebuilds both locally.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+if TYPE_CHECKING:
+    from registry.registry import Registry
+
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "adapt.json"
+CARD_NAME = "README.md"
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_NULLABLE_NUM = {"type": ["number", "null"]}
+_TIME = {"type": ["string", "null"], "description": "ISO 8601 time"}
+
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://adapt.dev/schemas/adapter-manifest.schema.json",
+    "title": "adapt adapter manifest (adapt.json)",
+    "description": "One adapter version as pushed to the Hub: metadata, files, lineage, scores "
+    "and validation summaries.",
+    "type": "object",
+    "required": [
+        "manifest_version", "name", "version", "digest", "method", "peft_type", "files",
+        "parents", "scores", "validation_runs", "tags",
+    ],
+    "properties": {
+        "manifest_version": {"const": MANIFEST_VERSION},
+        "name": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._-]{0,127}$"},
+        "version": {"type": "integer", "minimum": 1},
+        "ref": {"type": "string"},
+        "digest": {"type": "string", "pattern": r"^sha256:[0-9a-f]{64}$"},
+        "method": {"type": "string"},
+        "peft_type": {"type": "string"},
+        "rank": {"type": ["integer", "null"]},
+        "alpha": _NULLABLE_NUM,
+        "use_rslora": {"type": "boolean"},
+        "rank_pattern": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "alpha_pattern": {"type": "object", "additionalProperties": {"type": "number"}},
+        "target_modules": {"type": ["array", "string", "null"], "items": {"type": "string"}},
+        "modules_to_save": {"type": "array", "items": {"type": "string"}},
+        "task_type": _NULLABLE_STR,
+        "base_model": _NULLABLE_STR,
+        "base_fingerprint": _NULLABLE_STR,
+        "params": {"type": "integer", "minimum": 0},
+        "size_bytes": {"type": "integer", "minimum": 0},
+        "dtype": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "files": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["path", "sha256", "size"],
+                "properties": {
+                    "path": {"type": "string"},
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "size": {"type": "integer", "minimum": 0},
+                },
+                "additionalProperties": False,
+            },
+        },
+        "parents": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["ref", "role"],
+                "properties": {
+                    "ref": {"type": "string"},
+                    "weight": _NULLABLE_NUM,
+                    "role": {"type": "string"},
+                    "params": {"type": ["object", "null"]},
+                },
+            },
+        },
+        "scores": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["metric", "value"],
+                "properties": {
+                    "metric": {"type": "string"},
+                    "dataset": _NULLABLE_STR,
+                    "value": {"type": "number"},
+                    "base_fingerprint": _NULLABLE_STR,
+                    "run_id": {"type": ["integer", "null"],
+                               "description": "id of the validation run in this manifest"},
+                    "created_at": _TIME,
+                },
+            },
+        },
+        "validation_runs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "status"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "status": {"type": "string"},
+                    "device": {"type": "string"},
+                    "base_fingerprint": _NULLABLE_STR,
+                    "started_at": _TIME,
+                    "finished_at": _TIME,
+                    "figures": {"type": ["object", "null"]},
+                    "gates": {"type": ["array", "null"]},
+                },
+            },
+        },
+        "recipe": {"type": ["object", "null"]},
+        "source": _NULLABLE_STR,
+        "note": _NULLABLE_STR,
+        "created_at": _TIME,
+    },
+}
+
+# show() fields that are local to one registry and never go into the manifest
+LOCAL_FIELDS = ("hub", "children")
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:  # SQLite hands back naive UTC
+            value = value.replace(tzinfo=UTC)
+        return value.isoformat()
+    return value
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """Inverse of the manifest's time format (ISO 8601, UTC)."""
+    return datetime.fromisoformat(value) if value else None
+
+
+def build_manifest(reg: Registry, ref: str) -> dict[str, Any]:
+    """The `adapt.json` object for one version (valid against MANIFEST_SCHEMA)."""
+    from registry.db.models import ValidationRun
+
+    shown = reg.show(ref)
+    manifest: dict[str, Any] = {"manifest_version": MANIFEST_VERSION}
+    for key, value in shown.items():
+        if key in LOCAL_FIELDS:
+            continue
+        manifest[key] = _iso(value)
+    manifest["scores"] = [{k: _iso(v) for k, v in s.items()} for s in shown["scores"]]
+    with reg.session() as s:
+        rows = {
+            r.id: r
+            for r in s.execute(
+                select(ValidationRun).where(
+                    ValidationRun.id.in_([r["id"] for r in shown["validation_runs"]])  # type: ignore[union-attr]
+                )
+            ).scalars()
+        }
+    manifest["validation_runs"] = [
+        {
+            **{k: _iso(v) for k, v in run.items()},
+            "figures": rows[run["id"]].figures,
+            "gates": rows[run["id"]].gates,
+        }
+        for run in shown["validation_runs"]
+    ]
+    return manifest
+
+
+def render_manifest(manifest: dict[str, Any]) -> bytes:
+    """Canonical bytes, so the same version always gives the same file (and no new commit)."""
+    return (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def build_model_card(manifest: dict[str, Any], repo_id: str) -> str:
+    """README.md with YAML front matter (base_model, library_name, tags, model-index)."""
+    from huggingface_hub import ModelCardData
+    from huggingface_hub.repocard_data import EvalResult
+
+    base = manifest.get("base_model")
+    # The Hub checks base_model against its own model ids: a local path would be rejected.
+    hub_base = base if isinstance(base, str) and _REPO_ID.match(base) else None
+    method = str(manifest["method"]).lower()
+    tags = ["peft", "adapt", method]
+    if hub_base:
+        tags.append(f"base_model:adapter:{hub_base}")
+    task = str(manifest.get("task_type") or "CAUSAL_LM")
+    task_type = "text-generation" if task == "CAUSAL_LM" else task.lower().replace("_", "-")
+    results = [
+        EvalResult(
+            task_type=task_type,
+            dataset_type=str(s.get("dataset") or "custom"),
+            dataset_name=str(s.get("dataset") or "custom"),
+            metric_type=str(s["metric"]),
+            metric_value=s["value"],
+        )
+        for s in manifest.get("scores", [])
+    ]
+    data = ModelCardData(
+        base_model=hub_base,
+        library_name="peft",
+        tags=tags,
+        model_name=repo_id.split("/")[-1] if results else None,
+        eval_results=results or None,
+        pipeline_tag=task_type if task == "CAUSAL_LM" else None,
+    )
+    rows = [
+        ("adapter", f"{manifest['name']}@{manifest['version']}"),
+        ("method", manifest["method"]),
+        ("rank", manifest.get("rank")),
+        ("alpha", manifest.get("alpha")),
+        ("rsLoRA", manifest.get("use_rslora")),
+        ("target modules", manifest.get("target_modules")),
+        ("base model", base),
+        ("base fingerprint", manifest.get("base_fingerprint")),
+        ("parameters", manifest.get("params")),
+        ("dtype", manifest.get("dtype")),
+        ("digest", manifest["digest"]),
+        ("parents", ", ".join(p["ref"] for p in manifest.get("parents", [])) or None),
+    ]
+    table = "\n".join(
+        f"| {k} | {_cell(v)} |" for k, v in rows if v not in (None, "", [])
+    )
+    scores = "\n".join(
+        f"| {s['metric']} | {s.get('dataset') or '-'} | {s['value']:.6g} |"
+        for s in manifest.get("scores", [])
+    )
+    load_base = base or "BASE_MODEL"
+    body = f"""
+# {manifest['name']} (v{manifest['version']})
+
+A {manifest['method']} adapter published with `adapt push`. `adapt.json` in this repo holds the
+full metadata: files with sha256, lineage, scores and validation summaries.
+
+| field | value |
+|---|---|
+{table}
+"""
+    if scores:
+        body += f"""
+## Scores
+
+| metric | dataset | value |
+|---|---|---|
+{scores}
+"""
+    body += f"""
+## Load it with PEFT
+
+```python
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+
+base = AutoModelForCausalLM.from_pretrained("{load_base}")
+model = PeftModel.from_pretrained(base, "{repo_id}", revision="v{manifest['version']}")
+```
+
+Or register it in adapt: `adapt pull {repo_id}@v{manifest['version']}`.
+"""
+    return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        value = ", ".join(str(v) for v in value)
+    return str(value).replace("|", "\\|")
