@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from registry.cli.output import (
     err_console,
     human_bytes,
     open_registry,
+    plain_table,
     print_json,
     short_fp,
     to_jsonable,
@@ -108,17 +110,14 @@ def list_(
     if not rows:
         err_console.print("no adapters registered yet: add one with `adapt add PATH --base DIR`")
         return
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("REF", "METHOD", "RANK", "BASE", "SIZE", "TAGS", "CREATED"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["ref"], r["method"], str(r["rank"] or "-"),
-                      r["base_model"] or short_fp(r["base_fingerprint"]),
-                      human_bytes(r["size_bytes"]), ",".join(r["tags"]) or "-",
-                      r["created_at"].strftime("%Y-%m-%d %H:%M"))
-    console.print(table)
+    table = [
+        [r["ref"], r["method"], str(r["rank"] or "-"),
+         r["base_model"] or short_fp(r["base_fingerprint"]), human_bytes(r["size_bytes"]),
+         ",".join(r["tags"]) or "-", r["created_at"].strftime("%Y-%m-%d %H:%M")]
+        for r in rows
+    ]
+    headers = ["REF", "METHOD", "RANK", "BASE", "SIZE", "TAGS", "CREATED"]
+    sys.stdout.write(plain_table(headers, table) + "\n")
     if limit and len(rows) == limit:
         total = reg.count_versions(**filters)
         if total > limit:

@@ -87,15 +87,15 @@ def test_import_registry_and_help_load_no_heavy_packages(tmp_path: Path) -> None
     code = (
         "import sys, registry, registry.cli.app\n"
         "from registry.cli.app import app\n"
-        "print(' '.join(m for m in %r if m in sys.modules))\n" % (HEAVY,)
+        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert p.stdout.strip() == ""
     code = (
         "import sys\nfrom registry.cli.app import main\nsys.argv=['adapt','--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print('LOADED:' + ' '.join(m for m in %r if m in sys.modules), file=sys.stderr)\n"
-        % (HEAVY,)
+        f"print('LOADED:' + ' '.join(m for m in {HEAVY!r} if m in sys.modules), "
+        "file=sys.stderr)\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "ADAPT_HOME": str(tmp_path)})
