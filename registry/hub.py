@@ -218,7 +218,7 @@ def default_repo_id(reg: Registry, name: str, api: HfApi) -> str:
     if recorded:
         return recorded
     with hub_errors(None):
-        user = api.whoami()["name"]
+        user = api.whoami(cache=True)["name"]
     return f"{user}/{name}"
 
 
@@ -516,10 +516,15 @@ def _register(reg: Registry, f: _Fetched, repo_id: str, name: str,
             for p in m.get("parents", []):
                 # a parent of the same line is only trusted when pulled alongside: local
                 # numbers of that name may name other content
-                local_ref = pulled.get(p["ref"]) or (
-                    p["ref"] if Ref.parse(p["ref"]).name != m["name"] else None)
+                parent = Ref.parse(p["ref"])
+                if p["ref"] in pulled:
+                    p = {**p, "ref": pulled[p["ref"]]}
+                elif parent.name == m["name"] and parent.version is not None:
+                    # same line, not pulled now: point at the Hub tag, not a local number
+                    p = {**p, "ref": f"hf://{repo_id}@v{parent.version}"}
                 try:
-                    parents.append((p, reg.resolve(local_ref).id if local_ref else None))
+                    local = None if p["ref"].startswith("hf://") else reg.resolve(p["ref"])
+                    parents.append((p, local.id if local else None))
                 except AdaptError:
                     parents.append((p, None))  # not in this registry: keep the printed ref
             with reg.session() as s:

@@ -179,7 +179,8 @@ def render_manifest(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+# ORG/NAME only: a bare name is more likely a local directory than a Hub model
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def build_model_card(manifest: dict[str, Any], repo_id: str) -> str:

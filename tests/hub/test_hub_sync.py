@@ -205,3 +205,30 @@ def test_pushed_manifest_is_valid_and_card_has_metadata(hub: HubServer,
     card = hub.state.git[tree["README.md"].blob_id].decode()
     assert "library_name: peft" in card and "- lora" in card and "model-index" in card
     assert "PeftModel.from_pretrained" in card
+
+
+def test_published_tags_are_immutable(hub: HubServer, source_reg: Registry) -> None:
+    from registry.errors import UsageError
+    from registry.hub import push
+
+    push(source_reg, "bot@2")
+    source_reg.add_score("bot@2", "bleu", 30.0)
+    commits = hub.state.commit_count
+    result = push(source_reg, "bot@2")
+    assert result.versions[0].state == "metadata-differs"
+    assert hub.state.commit_count == commits
+    with pytest.raises(UsageError, match="already has v2"):
+        push(source_reg, "bot@1")  # older than the Hub's newest: main only moves forward
+
+
+def test_single_version_pull_points_lineage_at_the_hub_tag(
+        hub: HubServer, source_reg: Registry, tmp_path: Path) -> None:
+    from registry.hub import pull, push
+
+    push(source_reg, "bot", all_versions=True)
+    target = Registry(home=tmp_path / "target")
+    result = pull(target, "alice/bot@v2")
+    assert result.versions[0].ref == "bot@1" and result.versions[0].tag == "v2"
+    assert target.show("bot@1")["parents"][0]["ref"] == "hf://alice/bot@v1"
+    assert target.show("bot@1")["scores"][0]["metric"] == "accuracy"
+    target.close()
