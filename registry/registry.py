@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from registry import __version__
 from registry.checkpoint import open_checkpoint
@@ -620,7 +620,7 @@ class Registry:
             q = q.where(
                 AdapterVersion.base_fingerprint.in_(fps)
                 | (AdapterVersion.base_model == base)
-                | AdapterVersion.base_fingerprint.startswith(base, autoescape=True)
+                | col(AdapterVersion.base_fingerprint).startswith(base, autoescape=True)
             )
         return q
 
@@ -854,7 +854,7 @@ class Registry:
             row = s.execute(select(BaseRow).where(BaseRow.fingerprint == key)).scalar_one_or_none()
             if row is None and ":" in key and len(key) >= 8:
                 rows = s.execute(
-                    select(BaseRow).where(BaseRow.fingerprint.startswith(key, autoescape=True))
+                    select(BaseRow).where(col(BaseRow.fingerprint).startswith(key, autoescape=True))
                 ).scalars().all()
                 row = rows[0] if len(rows) == 1 else None
             if row is None:

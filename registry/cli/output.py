@@ -52,7 +52,11 @@ def progress_bar(description: str, total: int | None, *, unit: str = "bytes",
     Disabled (a no-op callback) with enabled=False, e.g. under --json or when stderr is no tty.
     """
     if not enabled:
-        yield lambda done, total=None: None
+
+        def ignore(done: int, new_total: int | None = None) -> None:
+            return None
+
+        yield ignore
         return
     from rich.progress import (
         BarColumn,
