@@ -282,7 +282,7 @@ def push(reg: Registry, ref: str, *, repo: str | None = None, private: bool = Fa
     if on_progress:
         on_progress(0, total)
     results: list[PushedVersion] = []
-    with hub_errors(repo_id):
+    with hub_errors(repo_id), _hf_bars_off():
         url = str(api.create_repo(repo_id, private=private, exist_ok=True))
         refs = api.list_repo_refs(repo_id)
         tags = {t.name: t.target_commit for t in refs.tags}
@@ -361,26 +361,42 @@ def parse_repo_spec(spec: str) -> tuple[str, str | None]:
 
 
 def _progress_tqdm(on_progress: Progress | None, state: dict[str, int]) -> type | None:
-    """A tqdm class for hf_hub_download that reports bytes to `on_progress` (drawing nothing)."""
+    """A tqdm class for hf_hub_download that reports bytes to `on_progress` and draws nothing."""
     if on_progress is None:
         return None
     report = on_progress
-    import io
+    from tqdm import tqdm as base_tqdm
 
-    from huggingface_hub.utils import tqdm as hf_tqdm
-
-    class _Report(hf_tqdm):  # type: ignore[misc, valid-type]
+    class _Report(base_tqdm):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = False
-            kwargs["file"] = io.StringIO()
+            kwargs.pop("name", None)  # huggingface_hub's own tqdm takes a name; tqdm does not
+            kwargs["disable"] = True
             super().__init__(*args, **kwargs)
 
         def update(self, n: float | None = 1) -> bool | None:
             state["done"] += int(n or 0)
             report(state["done"], state["total"])
-            return super().update(n)
+            return None
 
     return _Report
+
+
+@contextmanager
+def _hf_bars_off() -> Iterator[None]:
+    """Silence huggingface_hub's own tqdm bars: progress goes through `on_progress` instead."""
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
 
 
 def _download_verified(api: HfApi, repo_id: str, commit: str, path: str, remote: Any,
@@ -468,7 +484,7 @@ def pull(reg: Registry, spec: str, *, name: str | None = None, all_versions: boo
     api = hub_api()
     state = {"done": 0, "total": 0}
     with tempfile.TemporaryDirectory(prefix="adapt-pull-") as tmp:
-        with hub_errors(repo_id, revision):
+        with hub_errors(repo_id, revision), _hf_bars_off():
             plan = _plan_pull(api, repo_id, revision, all_versions)
             trees = {commit: _remote_files(api, repo_id, commit) for _, commit, _ in plan}
             state["total"] = sum(tree[p].size for tree in trees.values()

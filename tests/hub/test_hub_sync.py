@@ -227,7 +227,9 @@ def test_single_version_pull_points_lineage_at_the_hub_tag(
 
     push(source_reg, "bot", all_versions=True)
     target = Registry(home=tmp_path / "target")
-    result = pull(target, "alice/bot@v2")
+    calls: list[tuple[int, int | None]] = []
+    result = pull(target, "alice/bot@v2", on_progress=lambda d, t: calls.append((d, t)))
+    assert calls and calls[-1][0] == calls[-1][1] == target.resolve("bot@1").size_bytes
     assert result.versions[0].ref == "bot@1" and result.versions[0].tag == "v2"
     assert target.show("bot@1")["parents"][0]["ref"] == "hf://alice/bot@v1"
     assert target.show("bot@1")["scores"][0]["metric"] == "accuracy"
