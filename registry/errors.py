@@ -157,6 +157,18 @@ class MissingDependency(AdaptError):
         )
 
 
+class QuantizationUnavailable(AdaptError):
+    """bitsandbytes is installed but cannot quantize on this machine (no backend for it)."""
+
+    def __init__(self, quant_type: str, reason: str) -> None:
+        self.quant_type = quant_type
+        self.reason = reason
+        super().__init__(
+            f"bitsandbytes cannot quantize to {quant_type} here: {reason}",
+            "install a bitsandbytes build with a backend for this device (CPU needs >= 0.45)",
+        )
+
+
 class RemoteError(AdaptError):
     """The Hub (or another remote) failed or refused."""
 

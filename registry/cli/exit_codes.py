@@ -36,6 +36,7 @@ EXIT_CODES: list[tuple[type[errors.AdaptError], ExitCode]] = [
     (errors.AlreadyExists, ExitCode.CONFLICT),
     (errors.InsufficientDisk, ExitCode.ENVIRONMENT),
     (errors.MissingDependency, ExitCode.ENVIRONMENT),
+    (errors.QuantizationUnavailable, ExitCode.ENVIRONMENT),
     (errors.RemoteError, ExitCode.REMOTE),
 ]
 
