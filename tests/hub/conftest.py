@@ -28,7 +28,6 @@ os.environ.update({
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_HOME": _hf_home,
-    "HF_HUB_OFFLINE": "0",  # the sandbox may set it; the local server is reachable
 })
 
 
@@ -39,6 +38,8 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
 
     cache = tmp_path / "hf-cache"
     monkeypatch.setenv("HF_TOKEN", TOKEN)
+    # tests/conftest.py keeps the suite offline; only these tests reach the local server
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "ENDPOINT", _server.endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",

@@ -234,3 +234,38 @@ def test_single_version_pull_points_lineage_at_the_hub_tag(
     assert target.show("bot@1")["parents"][0]["ref"] == "hf://alice/bot@v1"
     assert target.show("bot@1")["scores"][0]["metric"] == "accuracy"
     target.close()
+
+
+def test_pull_refuses_files_that_disagree_with_adapt_json(
+        hub: HubServer, source_reg: Registry, tmp_path: Path) -> None:
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from registry.hub import pull, push
+
+    push(source_reg, "bot@1")
+    repo = hub.state.repos["alice/bot"]
+    manifest = json.loads(hub.state.git[repo.commits[repo.branches["main"]]["adapt.json"].blob_id])
+    for f in manifest["files"]:
+        if f["path"] == "adapter_model.safetensors":
+            f["sha256"] = "0" * 64
+    HfApi().create_commit("alice/bot", [CommitOperationAdd(
+        path_in_repo="adapt.json", path_or_fileobj=json.dumps(manifest).encode())],
+        commit_message="edit the manifest by hand")
+    target = Registry(home=tmp_path / "target")
+    with pytest.raises(IntegrityError, match="against adapt.json"):
+        pull(target, "alice/bot")
+    assert target.list_versions(all_versions=True) == []
+    target.close()
+
+
+def test_remote_status_shows_versions_only_on_the_hub(
+        hub: HubServer, source_reg: Registry, tmp_path: Path) -> None:
+    from registry.hub import pull, push, remote_status
+
+    push(source_reg, "bot", all_versions=True)
+    partial = Registry(home=tmp_path / "partial")
+    pull(partial, "alice/bot@v1")
+    status = remote_status(partial, "bot")
+    assert [(r["ref"], r["hub_tag"], r["state"]) for r in status["versions"]] == [
+        ("bot@1", "v1", "on hub"), (None, "v2", "hub only")]
+    partial.close()
