@@ -81,10 +81,23 @@ def merged_weight(
     base_weight: torch.Tensor,
 ) -> torch.Tensor:
     """The module's new weight (float32) after merging the adapter into `base_weight`."""
+    import torch
+
     w = base_weight.float()
     method = adapter.peft_type
     if method == "IA3":
         return w * _ia3_vector(adapter, module, factors, w)
+    if method == "LORA" and "lora_magnitude_vector" not in factors and "lora_A" in factors:
+        a, b = factors["lora_A"].float(), factors["lora_B"].float()
+        if a.dim() == 2 and w.dim() == 2:
+            # W + scale * (B @ A) in one BLAS pass: no separate delta tensor to allocate and
+            # add, which is most of a streaming merge's compute
+            scale = _lora_scale(adapter, module)
+            if _fan_in_fan_out(adapter, (b.shape[0], a.shape[1]), tuple(w.shape)):
+                a, b = b.T, a.T
+            if w.data_ptr() != base_weight.data_ptr():  # .float() made a copy we own
+                return w.addmm_(b, a, alpha=scale)
+            return torch.addmm(w, b, a, alpha=scale)
     delta = _additive_delta(adapter, module, factors, tuple(w.shape))
     if "lora_magnitude_vector" in factors:
         return _dora_merge(adapter, module, factors, w, delta)

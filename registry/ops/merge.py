@@ -27,12 +27,13 @@ from registry.errors import (
     AlreadyExists,
     IncompatibleBase,
     InsufficientDisk,
+    InvalidModel,
     UnsupportedMethod,
     UsageError,
 )
 from registry.ops.deltas import check_mergeable, merged_bias, merged_weight, module_factors
 from registry.peft_dir import AdapterDir, load_tensors, read_adapter_dir
-from registry.safetensors_header import DTYPE_SIZES
+from registry.safetensors_header import DTYPE_SIZES, TensorInfo
 
 if TYPE_CHECKING:
     import torch
@@ -122,6 +123,23 @@ def _base_order(ckpt: Checkpoint) -> list[tuple[Path, str]]:
     return out
 
 
+def _read_tensor(handle: Any, info: TensorInfo) -> torch.Tensor:
+    """Read one tensor's bytes at its header offsets into a fresh tensor."""
+    import torch
+
+    dtype = _torch_dtype(info.dtype)
+    buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+    view = memoryview(buffer.numpy())
+    handle.seek(info.start)
+    got = 0
+    while got < info.nbytes:
+        n = handle.readinto(view[got:])
+        if not n:
+            raise InvalidModel(handle.name, f"tensor {info.name} is truncated")
+        got += n
+    return buffer.view(dtype).reshape(info.shape)
+
+
 def _quant_roundtrip(weight: torch.Tensor, base_quantization: str) -> torch.Tensor:
     """dequant(quant(W)) with bitsandbytes' own 4-bit kernels, as a QLoRA base saw W."""
     try:
@@ -139,18 +157,31 @@ def _quant_roundtrip(weight: torch.Tensor, base_quantization: str) -> torch.Tens
     return bnbf.dequantize_4bit(packed, state).float()
 
 
+@dataclass(frozen=True)
+class _RawBytes:
+    """An unchanged tensor's bytes in the base file, to copy without loading them."""
+
+    path: Path
+    start: int
+    nbytes: int
+
+
 def _stream(
     prep: _Prepared,
     *,
     base_quantization: str | None,
     on_progress: Progress | None,
-) -> Iterator[tuple[str, torch.Tensor, bool]]:
+    raw_ok: Callable[[str], bool] | None = None,
+) -> Iterator[tuple[str, Any, bool]]:
     """(name, tensor, changed) in checkpoint order; changed tensors are float32.
 
-    One base file is open at a time and one tensor is held at a time.
-    """
-    from safetensors import safe_open
+    raw_ok: for names it accepts, an unchanged tensor comes as _RawBytes instead of a tensor.
 
+    One base file is open at a time and one tensor is held at a time. Tensors are read with
+    plain reads at the offsets of the validated safetensors header rather than through an
+    mmap (as safetensors.safe_open does): mapped pages count towards the process's resident
+    memory until the file is closed, which would make peak memory grow to a whole shard.
+    """
     order = _base_order(prep.ckpt)
     infos = prep.ckpt.tensors
     total = sum(infos[name].nbytes for _, name in order)
@@ -161,10 +192,19 @@ def _stream(
         for path, name in order:
             if path != current:
                 if handle is not None:
-                    handle.__exit__(None, None, None)
-                handle = safe_open(str(path), framework="pt").__enter__()
+                    handle.close()
+                handle = open(path, "rb", buffering=0)
                 current = path
-            tensor = handle.get_tensor(name)
+            info = infos[name]
+            untouched = (name not in prep.replacements and name not in prep.weight_of
+                         and name not in prep.bias_of)
+            if untouched and raw_ok is not None and raw_ok(name):
+                yield name, _RawBytes(path, info.start, info.nbytes), False
+                done += info.nbytes
+                if on_progress is not None:
+                    on_progress(done, total)
+                continue
+            tensor = _read_tensor(handle, info)
             changed = False
             if name in prep.replacements:
                 tensor, changed = prep.replacements[name], True
@@ -187,7 +227,7 @@ def _stream(
                 on_progress(done, total)
     finally:
         if handle is not None:
-            handle.__exit__(None, None, None)
+            handle.close()
     for name, tensor in prep.appended.items():
         yield name, tensor.float() if tensor.is_floating_point() else tensor, True
 
@@ -211,7 +251,7 @@ def iter_merged_tensors(
 
 
 def _float32(
-    items: Iterator[tuple[str, torch.Tensor, bool]],
+    items: Iterator[tuple[str, Any, bool]],
 ) -> Iterator[tuple[str, torch.Tensor]]:
     for name, tensor, _ in items:
         yield name, tensor.float() if tensor.is_floating_point() else tensor
@@ -341,7 +381,8 @@ def _header_bytes(shard: _Shard, metadata: dict[str, str]) -> bytes:
     return struct.pack("<Q", len(blob)) + blob
 
 
-def _write_tensor(fh: Any, tensor: torch.Tensor, planned: _Planned) -> None:
+def _tensor_bytes(tensor: torch.Tensor, planned: _Planned) -> Any:
+    """The tensor cast once to its planned dtype, as a flat uint8 numpy view of its bytes."""
     import torch
 
     if _st_dtype(tensor) != planned.dtype:
@@ -353,7 +394,100 @@ def _write_tensor(fh: Any, tensor: torch.Tensor, planned: _Planned) -> None:
     data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
     if data.nbytes != planned.nbytes:
         raise UnsupportedMethod("merge", "written", f"{planned.name}: byte count mismatch")
-    fh.write(memoryview(data))
+    return data
+
+
+class _BackgroundWriter:
+    """Writes shard files on a thread so disk writes overlap the next tensor's math.
+
+    At most `depth` tensors wait in the queue, which bounds the extra memory. Unchanged
+    tensors are copied file to file by the kernel (copy_file_range) without entering memory.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self._jobs: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="adapt-merge-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def open(self, path: Path, header: bytes) -> None:
+        self._put(("open", path))
+        self._put(("bytes", header))
+
+    def write(self, data: Any) -> None:
+        self._put(("bytes", data))
+
+    def copy(self, raw: _RawBytes) -> None:
+        self._put(("copy", raw))
+
+    def close(self) -> None:
+        """Finish every queued write; re-raise the writer's error, if any."""
+        self._jobs.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _put(self, job: tuple[str, Any]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        out: Any = None
+        sources: dict[Path, int] = {}
+        try:
+            while (job := self._jobs.get()) is not None:
+                if self._error is not None:
+                    continue  # keep draining so the producer never blocks on a dead writer
+                try:
+                    kind, payload = job
+                    if kind == "open":
+                        if out is not None:
+                            out.close()
+                        out = open(payload, "wb", buffering=0)
+                    elif kind == "bytes":
+                        _write_all(out, memoryview(payload).cast("B"))
+                    else:
+                        if payload.path not in sources:
+                            sources[payload.path] = os.open(payload.path, os.O_RDONLY)
+                        _copy_range(sources[payload.path], payload.start, payload.nbytes, out)
+                except BaseException as error:  # handed to the producer by close()/_put()
+                    self._error = error
+        finally:
+            if out is not None:
+                out.close()
+            for fd in sources.values():
+                os.close(fd)
+
+
+def _write_all(out: Any, view: memoryview) -> None:
+    while view:
+        n = out.write(view)
+        view = view[n:]
+
+
+def _copy_range(src_fd: int, start: int, nbytes: int, out: Any) -> None:
+    """Append nbytes of src at start to out, in the kernel where it can."""
+    done = 0
+    dst_fd = out.fileno()
+    try:
+        while done < nbytes:
+            n = os.copy_file_range(src_fd, dst_fd, nbytes - done, start + done)
+            if n == 0:
+                break
+            done += n
+    except (AttributeError, OSError):
+        pass  # no copy_file_range here (or across these filesystems): copy through memory
+    while done < nbytes:
+        chunk = os.pread(src_fd, min(8 << 20, nbytes - done), start + done)
+        if not chunk:
+            raise InvalidModel(f"fd {src_fd}", "a base file is shorter than its header says")
+        _write_all(out, memoryview(chunk))
+        done += len(chunk)
 
 
 def _files_to_copy(base_dir: Path) -> list[Path]:
@@ -413,7 +547,6 @@ def merge_adapter_into_base(
         fingerprint is computed when absent.
     on_progress: called with (bytes written, total bytes to write).
     """
-    import torch
 
     started = time.perf_counter()
     adapter_dir, base_dir, out_dir = Path(adapter_dir), Path(base_dir), Path(out_dir)
@@ -448,29 +581,9 @@ def merge_adapter_into_base(
     tmp = out_dir.parent / f".{out_dir.name}.adapt-partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        # tensors arrive in base order; shards that keep the base layout are written in turn,
-        # re-sharded output likewise, so one file is open at a time
-        open_file: tuple[str, Any] | None = None
-        written = 0
-        stream = _stream(prep, base_quantization=base_quantization, on_progress=None)
-        for shard in shards:
-            fh = open(tmp / shard.file, "wb")
-            open_file = (shard.file, fh)
-            fh.write(headers[shard.file])
-            for entry in shard.entries:
-                name, tensor, _ = next(stream)
-                if name != entry.name:
-                    # the plan and the stream disagree only on a bug; fail loudly
-                    raise RuntimeError(f"merge order: got {name}, planned {entry.name}")
-                with torch.no_grad():
-                    _write_tensor(fh, tensor, entry)
-                del tensor
-                written += entry.nbytes
-                if on_progress is not None:
-                    on_progress(written, total)
-            fh.close()
-            open_file = None
-        if len(shards) > 1:
+        _write_shards(prep, shards, headers, tmp, base_quantization, on_progress)
+        if len(shards) > 1 or shards[0].file != "model.safetensors":
+            # any other name is only found through an index, as transformers looks for it
             index = {"metadata": {"total_size": total},
                      "weight_map": {e.name: s.file for s in shards for e in s.entries}}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
@@ -485,8 +598,6 @@ def merge_adapter_into_base(
         (tmp / MERGE_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
         _swap_into_place(tmp, out_dir)
     except BaseException:
-        if open_file is not None:
-            open_file[1].close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return MergeResult(
@@ -503,6 +614,50 @@ def merge_adapter_into_base(
         seconds=time.perf_counter() - started,
         copied_files=copied,
     )
+
+
+def _write_shards(
+    prep: _Prepared,
+    shards: list[_Shard],
+    headers: dict[str, bytes],
+    tmp: Path,
+    base_quantization: str | None,
+    on_progress: Progress | None,
+) -> None:
+    """Write every shard: header first, then tensors as the stream yields them, in order."""
+    import torch
+
+    planned = {e.name: e for s in shards for e in s.entries}
+    base = prep.ckpt.tensors
+    total = sum(s.data_bytes for s in shards)
+
+    def raw_ok(name: str) -> bool:  # unchanged and not cast: the bytes can be copied as-is
+        return planned[name].dtype == base[name].dtype
+
+    stream = _stream(prep, base_quantization=base_quantization, on_progress=None,
+                     raw_ok=raw_ok)
+    writer = _BackgroundWriter()
+    written = 0
+    try:
+        for shard in shards:
+            writer.open(tmp / shard.file, headers[shard.file])
+            for entry in shard.entries:
+                name, item, _ = next(stream)
+                if name != entry.name:
+                    # the plan and the stream disagree only on a bug; fail loudly
+                    raise RuntimeError(f"merge order: got {name}, planned {entry.name}")
+                if isinstance(item, _RawBytes):
+                    writer.copy(item)
+                else:
+                    with torch.no_grad():
+                        writer.write(_tensor_bytes(item, entry))
+                del item
+                written += entry.nbytes
+                if on_progress is not None:
+                    on_progress(written, total)
+    finally:
+        writer.close()
+        stream.close()
 
 
 _CONFIG_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
