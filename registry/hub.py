@@ -236,9 +236,16 @@ def _versions_of(reg: Registry, name: str) -> list[VersionInfo]:
 
 
 def _stage_version(reg: Registry, info: VersionInfo, repo_id: str, tmp: Path) -> dict[str, Path]:
-    """The files of one version's commit: PEFT files, adapt.json and README.md."""
-    checkout = reg.checkout(info)
-    files = {f.path: checkout / f.path for f in info.files}
+    """The files of one version's commit: PEFT files, adapt.json and README.md.
+
+    The PEFT files are read straight from the blob store (no copy); push checks their sha256
+    while the client hashes them for upload.
+    """
+    files = {}
+    for f in info.files:
+        if not reg.store.has(f.sha256):
+            raise IntegrityError(f"{info.ref}/{f.path}", f.sha256, "missing blob")
+        files[f.path] = reg.store.path(f.sha256)
     manifest = build_manifest(reg, info.ref)
     (tmp / MANIFEST_NAME).write_bytes(render_manifest(manifest))
     (tmp / CARD_NAME).write_text(build_model_card(manifest, repo_id))
@@ -323,6 +330,11 @@ def push(reg: Registry, ref: str, *, repo: str | None = None, private: bool = Fa
                 if changed:
                     ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(staged[p]))
                            for p in changed]
+                    for op in ops:  # the client hashes each file once; reuse it to verify
+                        want = sha.get(op.path_in_repo)
+                        got = op.upload_info.sha256.hex()
+                        if want is not None and got != want:
+                            raise IntegrityError(f"{v.ref}/{op.path_in_repo}", want, got)
                     commit = api.create_commit(
                         repo_id, ops, commit_message=f"adapt push {v.ref}",
                         commit_description=f"digest {v.digest}", parent_commit=head,
@@ -400,13 +412,14 @@ def _hf_bars_off() -> Iterator[None]:
 
 
 def _download_verified(api: HfApi, repo_id: str, commit: str, path: str, remote: Any,
-                       tqdm_class: type | None) -> Path:
+                       tqdm_class: type | None) -> tuple[Path, str]:
     """Download one file (through the HF cache) and check it against what the Hub reports."""
     from huggingface_hub import hf_hub_download
 
     local = Path(hf_hub_download(repo_id, path, revision=commit, tqdm_class=tqdm_class))
+    sha256 = _sha256(local)
     if remote.lfs is not None:
-        expected, actual = remote.lfs.sha256, _sha256(local)
+        expected, actual = remote.lfs.sha256, sha256
     else:
         expected, actual = remote.blob_id, git_blob_id(local)
     if expected != actual:
@@ -415,7 +428,7 @@ def _download_verified(api: HfApi, repo_id: str, commit: str, path: str, remote:
         local.unlink(missing_ok=True)
         real.unlink(missing_ok=True)
         raise IntegrityError(f"{repo_id}@{commit[:12]}/{path}", expected, actual)
-    return local
+    return local, sha256
 
 
 def _fetch(api: HfApi, repo_id: str, revision: str, commit: str, tag: str | None,
@@ -433,7 +446,8 @@ def _fetch(api: HfApi, repo_id: str, revision: str, commit: str, tag: str | None
     tqdm_class = _progress_tqdm(on_progress, state)
     manifest = None
     if MANIFEST_NAME in remote:
-        path = _download_verified(api, repo_id, commit, MANIFEST_NAME, remote[MANIFEST_NAME], None)
+        path, _ = _download_verified(api, repo_id, commit, MANIFEST_NAME,
+                                     remote[MANIFEST_NAME], None)
         try:
             manifest = json.loads(path.read_text())
             validate(manifest, "adapter-manifest")
@@ -443,9 +457,8 @@ def _fetch(api: HfApi, repo_id: str, revision: str, commit: str, tag: str | None
     out.mkdir()
     expected = {f["path"]: f for f in manifest["files"]} if manifest else {}
     for name in ADAPTER_FILES:
-        local = _download_verified(api, repo_id, commit, name, remote[name], tqdm_class)
+        local, actual = _download_verified(api, repo_id, commit, name, remote[name], tqdm_class)
         if name in expected:
-            actual = _sha256(local)
             if actual != expected[name]["sha256"]:
                 raise IntegrityError(f"{where}/{name} (against {MANIFEST_NAME})",
                                      expected[name]["sha256"], actual)
@@ -609,12 +622,10 @@ def remote_status(reg: Registry, ref: str, *, repo: str | None = None) -> dict[s
     matched: set[str] = set()
     for v in local:
         sha = {f.path: f.sha256 for f in v.files}
-        checkout = reg.checkout(v) if hub_tags else None
         hit = None
         for _, tag, commit in hub_tags:
             tree = trees[tag]
-            assert checkout is not None
-            if all(_matches(tree.get(p), checkout / p, s) for p, s in sha.items()):
+            if all(_matches(tree.get(p), reg.store.path(s), s) for p, s in sha.items()):
                 hit = (tag, commit)
                 break
         if hit:

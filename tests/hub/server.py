@@ -51,6 +51,7 @@ class Repo:
     commits: dict[str, dict[str, Entry]] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    lfs: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes: LFS is per repo
 
 
 @dataclass
@@ -58,7 +59,6 @@ class HubState:
     tokens: dict[str, str]  # token -> user name
     orgs: dict[str, set[str]] = field(default_factory=dict)  # org -> member users
     repos: dict[str, Repo] = field(default_factory=dict)
-    lfs: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes
     git: dict[str, bytes] = field(default_factory=dict)  # git blob id -> bytes
     received_file_bytes: int = 0  # LFS PUT bodies + inline regular file contents
     commit_count: int = 0
@@ -76,7 +76,7 @@ class HubState:
         """Flip the stored bytes of a file without changing what the server reports for it."""
         repo = self.repos[repo_id]
         entry = repo.commits[resolve_revision(repo, revision)][path]
-        store, key = (self.lfs, entry.sha256) if entry.sha256 else (self.git, entry.blob_id)
+        store, key = (repo.lfs, entry.sha256) if entry.sha256 else (self.git, entry.blob_id)
         data = bytearray(store[key])
         data[-1] ^= 0xFF
         store[key] = bytes(data)
@@ -105,7 +105,7 @@ _API_REPO = re.compile(
 )
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _LFS_BATCH = re.compile(r"^/(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch$")
-_LFS_PUT = re.compile(r"^/_lfs/(?P<oid>[0-9a-f]{64})$")
+_LFS_PUT = re.compile(r"^/_lfs/(?P<repo>[^/]+/[^/]+)/(?P<oid>[0-9a-f]{64})$")
 
 
 class HubHandler(BaseHTTPRequestHandler):
@@ -212,7 +212,7 @@ class HubHandler(BaseHTTPRequestHandler):
         if m := _LFS_BATCH.match(path):
             return self._lfs_batch(m["repo"], json.loads(self._body()))
         if method == "PUT" and (m := _LFS_PUT.match(path)):
-            return self._lfs_put(m["oid"], self._body())
+            return self._lfs_put(m["repo"], m["oid"], self._body())
         if m := _RESOLVE.match(path):
             return self._resolve(m["repo"], m["rev"], unquote(m["path"]), head=method == "HEAD")
         if m := _API_REPO.match(path):
@@ -342,9 +342,9 @@ class HubHandler(BaseHTTPRequestHandler):
                     files[value["path"]] = Entry(len(data), oid)
                 elif item["key"] == "lfsFile":
                     sha = value["oid"]
-                    if sha not in self.state.lfs:
+                    if sha not in repo.lfs:
                         raise HubError(400, f"LFS object {sha} was never uploaded")
-                    size = len(self.state.lfs[sha])
+                    size = len(repo.lfs[sha])
                     files[value["path"]] = Entry(size, git_blob_id(lfs_pointer(sha, size)), sha)
                 elif item["key"] == "deletedFile":
                     files.pop(value["path"], None)
@@ -357,23 +357,25 @@ class HubHandler(BaseHTTPRequestHandler):
                     "commitOid": sha, "pullRequestUrl": None})
 
     def _lfs_batch(self, repo_id: str, payload: dict[str, Any]) -> None:
-        self._repo(repo_id, write=payload.get("operation") == "upload")
+        repo = self._repo(repo_id, write=payload.get("operation") == "upload")
         objects = []
         for obj in payload["objects"]:
             item: dict[str, Any] = {"oid": obj["oid"], "size": obj["size"]}
-            if obj["oid"] not in self.state.lfs:
-                item["actions"] = {"upload": {"href": f"{self.server.endpoint}/_lfs/{obj['oid']}"}}
+            if obj["oid"] not in repo.lfs:
+                href = f"{self.server.endpoint}/_lfs/{repo_id}/{obj['oid']}"
+                item["actions"] = {"upload": {"href": href}}
             objects.append(item)
         self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(),
                    content_type="application/vnd.git-lfs+json")
 
-    def _lfs_put(self, oid: str, data: bytes) -> None:
+    def _lfs_put(self, repo_id: str, oid: str, data: bytes) -> None:
+        repo = self._repo(repo_id)
         with self.state.lock:
             self.state.received_file_bytes += len(data)
         if hashlib.sha256(data).hexdigest() != oid:
             raise HubError(400, "uploaded bytes do not match the announced sha256")
         with self.state.lock:
-            self.state.lfs[oid] = data
+            repo.lfs[oid] = data
         self._send(200, b"")
 
     def _resolve(self, repo_id: str, rev: str, path: str, head: bool) -> None:
@@ -382,7 +384,7 @@ class HubHandler(BaseHTTPRequestHandler):
         entry = repo.commits[commit].get(path)
         if entry is None:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
-        data = self.state.lfs[entry.sha256] if entry.sha256 else self.state.git[entry.blob_id]
+        data = repo.lfs[entry.sha256] if entry.sha256 else self.state.git[entry.blob_id]
         headers = {"X-Repo-Commit": commit, "ETag": f'"{entry.blob_id}"', "Accept-Ranges": "none"}
         if entry.sha256:
             headers["X-Linked-Etag"] = f'"{entry.sha256}"'
