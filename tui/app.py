@@ -60,6 +60,7 @@ class ListScreen(Screen[None]):
         self.registry = registry
         self.page_size = page_size
         self._filter_timer: Timer | None = None
+        self._last_load: VersionTable.Loaded | None = None
 
     @property
     def adapt(self) -> AdaptApp:
@@ -126,9 +127,22 @@ class ListScreen(Screen[None]):
     # -- list --------------------------------------------------------------------------------
     @on(VersionTable.Loaded)
     def _loaded(self, event: VersionTable.Loaded) -> None:
+        self._last_load = event
         empty = event.total == 0 and not event.filtered
         self.query_one("#empty").display = empty
-        self.table.display = not empty
+        was_shown, self.table.display = self.table.display, not empty
+        if empty:
+            # the hidden table would hand focus to the filter box, where q types a letter
+            self.set_focus(None)
+        elif not was_shown:
+            self.table.focus()
+        self.refresh_marks()
+
+    def refresh_marks(self) -> None:
+        """Redraw the status line: counts, sort, and the versions marked for comparison."""
+        event = self._last_load
+        if event is None:
+            return
         noun = "adapter" if event.total == 1 else "adapters"
         parts = [f"{event.total} {noun}" + (" match" if event.filtered else "")]
         if event.shown < event.total:
@@ -201,7 +215,7 @@ class ListScreen(Screen[None]):
 class AdaptApp(App[None]):
     """Browse, compare and act on one registry."""
 
-    CSS_PATH = "adapt.tcss"
+    CSS_PATH = Path(__file__).parent / "adapt.tcss"
     TITLE = "adapt"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
@@ -308,7 +322,7 @@ class AdaptApp(App[None]):
         self.notify("marked: " + (", ".join(self.marked) or "none")
                     + ("  (c compares)" if len(self.marked) == 2 else ""), timeout=3)
         for screen in self.screen_stack:
-            if isinstance(screen, DetailScreen):
+            if isinstance(screen, DetailScreen | ListScreen):
                 screen.refresh_marks()
 
     def compare_marked(self, current: str | None) -> None:

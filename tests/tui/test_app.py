@@ -37,9 +37,12 @@ async def test_empty_registry_says_how_to_add_an_adapter(registry: Registry) -> 
         text = screen_text(app)
         assert "No adapters registered yet" in text
         assert "adapt add PATH --base DIR" in text
-        await pilot.press("enter", "t", "d", "c", "slash", "x")  # nothing to act on: no crash
-        await settle(pilot, 0.2)
+        await pilot.press("enter", "t", "d", "c")  # nothing to act on: no crash
+        await settle(pilot)
         assert app.is_running
+        await pilot.press("q")
+        await settle(pilot)
+        assert not app.is_running
 
 
 async def test_filter_as_you_type_narrows_the_list_and_escape_clears_it(populated) -> None:
@@ -276,7 +279,10 @@ async def test_compare_shows_two_versions_side_by_side(populated) -> None:
     app = make_app(populated)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
-        await pilot.press("space", "down", "space", "c")
+        await pilot.press("space", "down", "space")
+        await settle(pilot)
+        assert "marked: sql-mix@1, support-lora@2" in str(app.screen.query_one("#status").render())
+        await pilot.press("c")
         await settle(pilot)
         assert isinstance(app.screen, CompareScreen)
         text = screen_text(app)
