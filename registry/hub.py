@@ -59,6 +59,11 @@ def translate_hub_error(error: BaseException, repo_id: str | None,
     import httpx2
     from huggingface_hub import errors as hf
 
+    if isinstance(error, hf.LocalEntryNotFoundError) and error.__cause__ is not None:
+        # hf_hub_download fell back to the cache and found nothing: the cause says why
+        cause = translate_hub_error(error.__cause__, repo_id, revision)
+        if cause is not None:
+            return cause
     repo = repo_id or "the repo"
     login = "log in with `hf auth login` or set HF_TOKEN"
     if isinstance(error, hf.GatedRepoError):

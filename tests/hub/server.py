@@ -62,6 +62,7 @@ class HubState:
     git: dict[str, bytes] = field(default_factory=dict)  # git blob id -> bytes
     received_file_bytes: int = 0  # LFS PUT bodies + inline regular file contents
     commit_count: int = 0
+    fail_resolve: dict[str, int] = field(default_factory=dict)  # "commit/path" -> HTTP status
     requests: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _serial: int = 0
@@ -180,7 +181,8 @@ class HubHandler(BaseHTTPRequestHandler):
             headers = {"X-Error-Message": str(error)}
             if error.code:
                 headers["X-Error-Code"] = error.code
-            self._json({"error": str(error)}, error.status, headers)
+            body = json.dumps({"error": str(error)}).encode()
+            self._send(error.status, body, headers, head=method == "HEAD")
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -381,6 +383,8 @@ class HubHandler(BaseHTTPRequestHandler):
     def _resolve(self, repo_id: str, rev: str, path: str, head: bool) -> None:
         repo = self._repo(repo_id)
         commit = self._commit_of(repo, rev)
+        if status := self.state.fail_resolve.get(f"{commit}/{path}"):
+            raise HubError(status, "simulated outage")
         entry = repo.commits[commit].get(path)
         if entry is None:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound")

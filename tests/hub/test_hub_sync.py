@@ -269,3 +269,18 @@ def test_remote_status_shows_versions_only_on_the_hub(
     assert [(r["ref"], r["hub_tag"], r["state"]) for r in status["versions"]] == [
         ("bot@1", "v1", "on hub"), (None, "v2", "hub only")]
     partial.close()
+
+
+def test_outage_midway_through_a_pull_registers_nothing(
+        hub: HubServer, source_reg: Registry, tmp_path: Path) -> None:
+    from registry.hub import pull, push
+
+    push(source_reg, "bot", all_versions=True)
+    v2 = hub.state.repos["alice/bot"].tags["v2"]
+    # 507: a server error the client does not retry (503 would wait out its backoff)
+    hub.state.fail_resolve[f"{v2}/adapter_model.safetensors"] = 507
+    target = Registry(home=tmp_path / "target")
+    with pytest.raises(RemoteError, match="507"):
+        pull(target, "alice/bot", all_versions=True)  # v1 downloads fine, v2 fails
+    assert target.list_versions(all_versions=True) == []
+    target.close()
