@@ -32,8 +32,15 @@ def _portable(shown: dict[str, Any]) -> dict[str, Any]:
 def source_reg(tmp_path: Path, tiny_lora: Path, tiny_lora_r8: Path, tiny_base: Path):
     """A registry with bot@1 (r4, scored, on tiny_base) and bot@2 (r8, child of bot@1)."""
     reg = Registry(home=tmp_path / "source")
-    reg.add(tiny_lora, name="bot", base=tiny_base, tags=["prod"], note="first")
-    reg.add_score("bot@1", "ppl", 12.5, dataset="wiki")
+    from registry.db.models import ValidationRun
+
+    v1 = reg.add(tiny_lora, name="bot", base=tiny_base, tags=["prod"], note="first").version
+    with reg.session() as s:  # a finished validation run, as `adapt validate` records one
+        run = ValidationRun(version_id=v1.id, base_fingerprint=v1.base_fingerprint,
+                            status="passed", figures={"ppl": 12.5}, gates=[])
+        s.add(run)
+        s.commit()
+    reg.add_score("bot@1", "ppl", 12.5, dataset="wiki", run_id=run.id)
     reg.add(tiny_lora_r8, name="bot", parents=[ParentLink("bot@1", weight=0.5, role="parent")])
     reg.add_score("bot@2", "accuracy", 0.75)
     yield reg
@@ -53,6 +60,8 @@ def test_round_trip_keeps_show_json(hub: HubServer, source_reg: Registry, tmp_pa
     assert [v.ref for v in pulled.versions] == ["bot@1", "bot@2"]
     for ref in ("bot@1", "bot@2"):
         assert _portable(target.show(ref)) == _portable(source_reg.show(ref))
+    pulled_v1 = target.show("bot@1")
+    assert pulled_v1["scores"][0]["run_id"] == pulled_v1["validation_runs"][0]["id"]
     hub_rows = target.show("bot@2")["hub"]
     assert hub_rows[0]["repo"] == "alice/bot" and hub_rows[0]["direction"] == "pull"
     assert hub_rows[0]["commit"] == hub.state.repos["alice/bot"].tags["v2"]
@@ -83,14 +92,15 @@ def test_push_adds_only_the_new_version(hub: HubServer, source_reg: Registry) ->
     assert sorted(hub.state.repos["alice/bot"].tags) == ["v1", "v2"]
 
 
+@pytest.mark.parametrize("path", ["adapter_model.safetensors", "adapter_config.json"])
 def test_pull_refuses_tampered_blob_and_registers_nothing(
-        hub: HubServer, source_reg: Registry, tmp_path: Path) -> None:
+        hub: HubServer, source_reg: Registry, tmp_path: Path, path: str) -> None:
     from registry.hub import pull, push
 
     push(source_reg, "bot", all_versions=True)
-    hub.state.tamper("alice/bot", "v2", "adapter_model.safetensors")
+    hub.state.tamper("alice/bot", "v2", path)  # LFS object, or a regular git blob
     target = Registry(home=tmp_path / "target")
-    with pytest.raises(IntegrityError, match="adapter_model.safetensors"):
+    with pytest.raises(IntegrityError, match=path):
         pull(target, "alice/bot", all_versions=True)
     assert target.list_versions(all_versions=True) == []
     target.close()
