@@ -294,3 +294,22 @@ def test_outage_midway_through_a_pull_registers_nothing(
         pull(target, "alice/bot", all_versions=True)  # v1 downloads fine, v2 fails
     assert target.list_versions(all_versions=True) == []
     target.close()
+
+
+def test_remote_status_before_the_first_push(hub: HubServer, source_reg: Registry) -> None:
+    from registry.hub import remote_status
+
+    status = remote_status(source_reg, "bot")
+    assert status["repo"] == "alice/bot" and status["exists"] is False
+    assert [r["state"] for r in status["versions"]] == ["local only", "local only"]
+
+
+def test_model_card_parses_with_huggingface_hub(hub: HubServer, source_reg: Registry) -> None:
+    from huggingface_hub import ModelCard
+
+    from registry.manifest import build_manifest, build_model_card
+
+    card = ModelCard(build_model_card(build_manifest(source_reg, "bot@1"), "acme/bot"))
+    assert card.data.library_name == "peft" and "lora" in card.data.tags
+    assert card.data.eval_results[0].metric_type == "ppl"
+    assert card.data.eval_results[0].metric_value == 12.5
