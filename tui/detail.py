@@ -9,7 +9,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane, Tree
+from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane, Tabs, Tree
 
 from registry.errors import NotFound
 from tui.queries import adapter_versions, scores_across_versions, validation_runs
@@ -265,11 +265,8 @@ class DetailScreen(Screen[None]):
     # -- keys --------------------------------------------------------------------------------
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
-        pane = self.query_one(f"#{tab}", TabPane)
-        for widget in pane.query("DataTable, Tree"):
-            if widget.display:
-                widget.focus()
-                break
+        self.set_focus(None)
+        self._focus_pane(tab)
 
     @on(TabbedContent.TabActivated)
     def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
@@ -277,8 +274,10 @@ class DetailScreen(Screen[None]):
             self.call_after_refresh(self._focus_pane, event.pane.id)
 
     def _focus_pane(self, tab: str) -> None:
+        if isinstance(self.focused, Tabs):  # the user is moving along the tabs: stay there
+            return
         for widget in self.query_one(f"#{tab}", TabPane).query("DataTable, Tree"):
-            if widget.display and not (self.focused and self.focused.id == "tabs"):
+            if widget.display:
                 widget.focus()
                 break
 
