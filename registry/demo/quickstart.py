@@ -57,9 +57,13 @@ def load_demo_texts(name: str) -> list[str]:
             if line.strip()]
 
 
+def _ignore(done: int, total: int | None = None) -> None:
+    return None
+
+
 @contextmanager
 def _no_progress(description: str, total: int | None) -> Iterator[Progress]:
-    yield lambda done, total=None: None
+    yield _ignore
 
 
 def _adapt_command_names() -> set[str]:
@@ -175,12 +179,29 @@ def run_quickstart(
                    "fast": fast, "steps": steps, "commands": [], "skipped": []}
     _quiet_transformers()
 
-    base_dir, base_name = _step_base(run, fast)
-    adapters = [_step_adapter(run, task, base_dir, steps, fast) for task in TASKS]
-    target = _step_compose(run, adapters)
-    merged = _step_merge(run, target, base_dir)
-    quantized = _step_requantize(run, merged)
-    _step_validate(run, target, base_dir, merged, quantized)
+    timings: dict[str, float] = {}
+    run.summary["step_seconds"] = timings
+
+    @contextmanager
+    def timed(step: str) -> Iterator[None]:
+        start = time.monotonic()
+        yield
+        timings[step] = round(time.monotonic() - start, 1)
+
+    with timed("base"):
+        base_dir, _ = _step_base(run, fast)
+    adapters = []
+    for task in TASKS:
+        with timed(f"{task}-lora"):
+            adapters.append(_step_adapter(run, task, base_dir, steps, fast))
+    with timed("compose+diff"):
+        target = _step_compose(run, adapters)
+    with timed("merge"):
+        merged = _step_merge(run, target, base_dir)
+    with timed("requantize"):
+        quantized = _step_requantize(run, merged)
+    with timed("validate"):
+        _step_validate(run, target, base_dir, merged, quantized)
 
     run.summary["seconds"] = round(time.monotonic() - started, 1)
     run.summary["next"] = [
@@ -335,7 +356,10 @@ def _step_merge(run: _Run, target: dict[str, Any], base_dir: Path) -> Path | Non
         run.note(f"reusing {merged} (merged from {target['ref']} earlier)")
     else:
         merged.parent.mkdir(parents=True, exist_ok=True)
-        run.adapt(["merge", target["ref"], "--base", str(base_dir), "--out", str(merged)])
+        # an output made from something else, or into another registry, is replaced
+        force = ["--force"] if merged.exists() else []
+        run.adapt(["merge", target["ref"], "--base", str(base_dir), "--out", str(merged),
+                   *force])
         _write_stamp(merged, digest)
     run.summary["merged"] = str(merged)
     return merged
@@ -353,8 +377,9 @@ def _step_requantize(run: _Run, merged: Path | None) -> Path | None:
         run.note(f"reusing {quantized}")
     else:
         quantized.parent.mkdir(parents=True, exist_ok=True)
+        force = ["--force"] if quantized.exists() else []
         run.adapt(["requantize", str(merged), "--to", "nf4", "--compensate-rank", str(RANK),
-                   "--out", str(quantized)])
+                   "--out", str(quantized), *force])
         _write_stamp(quantized, source)
     run.summary["quantized"] = str(quantized)
     return quantized
@@ -393,7 +418,8 @@ def _echo_summary(run: _Run) -> None:
     s = run.summary
     echo = run.echo
     echo("")
-    echo(f"4/4 summary ({s['seconds']} s)")
+    echo(f"4/4 summary ({s['seconds']} s: "
+         + ", ".join(f"{k} {v} s" for k, v in s["step_seconds"].items()) + ")")
     base = s["base"]
     echo(f"  base       {base['name']}  {base['fingerprint']}  ({base['path']})")
     for a in s.get("adapters", []):
@@ -409,7 +435,8 @@ def _echo_summary(run: _Run) -> None:
     validation = s.get("validation")
     if validation:
         verdict = "passed" if validation["passed"] else "FAILED"
-        figures = ", ".join(f"{k}={_fmt(v)}" for k, v in validation["figures"].items())
+        figures = ", ".join(f"{k}={_fmt(v)}" for k, v in validation["figures"].items()
+                            if v is not None)
         echo(f"  validation {validation['ref']}: {verdict}  {figures}")
         for gate in validation["gates"]:
             if isinstance(gate, dict):

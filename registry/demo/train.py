@@ -11,6 +11,10 @@ from typing import Any
 
 Progress = Callable[[int, int | None], None]
 
+
+def _no_progress(done: int, total: int | None = None) -> None:
+    return None
+
 TRAIN_INFO = "adapt-demo-train.json"  # written next to the adapter dir, not inside it
 
 
@@ -112,7 +116,7 @@ def train_lora(
     seqs = train_tok.sequences
     queue: list[int] = []
     train_losses: list[float] = []
-    report = on_progress or (lambda done, total=None: None)
+    report = on_progress or _no_progress
     report(0, steps)
     peft_model.train()
     for step in range(steps):
@@ -135,7 +139,7 @@ def train_lora(
     if tmp.exists():
         shutil.rmtree(tmp)
     # embeddings are not adapted; "auto" would look the base id up on the Hub
-    peft_model.save_pretrained(tmp, save_embedding_layers=False)
+    peft_model.save_pretrained(str(tmp), save_embedding_layers=False)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
