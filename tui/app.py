@@ -372,7 +372,7 @@ class AdaptApp(App[None]):
     def start_push(self, ref: str) -> None:
         """Push `ref` to the Hub in a worker, with a progress screen."""
         try:
-            from registry.hub import push  # type: ignore[attr-defined]
+            from registry.hub import push
         except ImportError:
             self.notify("Hub push is not available in this build.", severity="warning")
             return
@@ -384,7 +384,7 @@ class AdaptApp(App[None]):
             self.push_screen(job)
 
             def work() -> None:
-                push(self.registry, ref, repo, on_progress=self._progress_to(job))
+                push(self.registry, ref, repo=repo, on_progress=self._progress_to(job))
                 self.call_from_thread(self._job_done, job, f"{ref} pushed to {repo}",
                                       "Pushed", "information")
 
