@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -481,7 +482,9 @@ def _report(state: _RunState, run_id: int | None, checks: list[CheckResult],
         data={"source": state.texts.source, "samples": state.samples,
               "tokenizer": state.tokenizer, "max_length": state.opts.max_length},
         checks=checks,
-        figures=dict(state.figures),
+        # NaN/Inf is not JSON; such a figure reads as unmeasured, so a gate on it fails
+        figures={k: v if v is None or math.isfinite(v) else None
+                 for k, v in state.figures.items()},
         gates=gates,
         started_at=started,
         finished_at=utcnow(),
