@@ -160,7 +160,8 @@ def run(quick: bool) -> list[Row]:
     notes = (f"same outputs to {agreement:.1e} relative (PEFT adds a bf16-rounded delta to bf16 W; "
              "adapt rounds W + delta once)")
     common: dict[str, Any] = dict(benchmark="merge", peer_name="transformers load + PEFT "
-                                  "merge_and_unload + save_pretrained", size=size, notes=notes)
+                                  "merge_and_unload + save_pretrained", size=size, notes=notes,
+                                  ratio_note="adapt / PEFT, whole processes")
     return [
         Row(metric="wall time", adapt=round(ours.wall_s, 2), peer=round(peft.wall_s, 2),
             unit="s", ratio=round(ours.wall_s / peft.wall_s, 3), goal="<= 0.5x", **common),
