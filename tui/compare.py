@@ -49,7 +49,7 @@ def diff_summary(reg: Registry, a: str, b: str) -> str:
         return "Weight diff: registry.ops.diff has no diff_versions() to call."
     result = summarize(reg, a, b)
     summary = getattr(result, "summary", None)
-    return str(summary() if callable(summary) else summary or result)
+    return "Weight diff: " + str(summary() if callable(summary) else summary or result)
 
 
 class CompareScreen(Screen[None]):
