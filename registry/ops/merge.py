@@ -320,8 +320,8 @@ def _plan(prep: _Prepared, dtype: str | None, shard_size: int | None) -> list[_S
         # keep the base's sharding: same files, same assignment; new tensors join the last
         shards = {f: _Shard(f.name, []) for f in prep.ckpt.files}
         last = prep.ckpt.files[-1]
-        for path, planned in rows:
-            shards[path or last].entries.append(planned)
+        for source, planned in rows:
+            shards[source or last].entries.append(planned)
         return list(shards.values())
     groups: list[list[_Planned]] = [[]]
     size = 0
