@@ -122,3 +122,32 @@ def test_composed_adapter_merged_logits_match_adapt_merge(tmp_path, tiny_base, t
         want = peft_model(ids).logits
         got = merged(ids).logits
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_cat_handles_rslora_and_rank_alpha_patterns(tmp_path, tiny_base, tiny_lora):
+    from tests.factories import make_lora
+
+    rs = make_lora(tiny_base, tmp_path / "rs", r=6, alpha=12, seed=5, use_rslora=True,
+                   targets=["q_proj", "v_proj", "up_proj"],
+                   rank_pattern={"up_proj": 3}, alpha_pattern={"v_proj": 4})
+    compose_lora([read_adapter_dir(tiny_lora), read_adapter_dir(rs)], [1.0, 2.0], "cat",
+                 out_dir=tmp_path / "cat")
+    got = peft_deltas(tiny_base, tmp_path / "cat")
+    want = weighted_sum(peft_deltas(tiny_base, tiny_lora), peft_deltas(tiny_base, rs), 1.0, 2.0)
+    assert sorted(got) == sorted(want)
+    for m in want:
+        assert rel(got[m], want[m]) < 1e-6, m
+
+
+def test_ia3_input_is_refused(tmp_path, tiny_base, tiny_lora):
+    from peft import IA3Config
+
+    from registry.errors import UnsupportedMethod
+    from tests.factories import make_adapter
+
+    ia3 = make_adapter(tiny_base, tmp_path / "ia3",
+                       IA3Config(target_modules=["k_proj", "down_proj"],
+                                 feedforward_modules=["down_proj"], init_ia3_weights=False))
+    with pytest.raises(UnsupportedMethod, match="IA3"):
+        compose_lora([read_adapter_dir(tiny_lora), read_adapter_dir(ia3)], [1, 1], "cat",
+                     out_dir=tmp_path / "out")
