@@ -26,8 +26,7 @@ from registry import __version__
 from registry.checkpoint import open_checkpoint
 from registry.compat import check_compatible
 from registry.config import Settings, load_settings
-from registry.db import make_engine
-from registry.db.migrations import migrate
+from registry.catalog import Catalog
 from registry.db.models import (
     Adapter,
     AdapterVersion,
@@ -180,8 +179,8 @@ class Registry:
     def __init__(self, home: str | Path | None = None, db_url: str | None = None) -> None:
         self.settings: Settings = load_settings(home, db_url)
         self.settings.home.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(self.settings.db_url)
-        migrate(self.engine)
+        self.catalog = Catalog(self.settings.db_url)
+        self.engine = self.catalog.engine
         self.store = BlobStore(self.settings.blob_dir)
 
     def close(self) -> None:
@@ -195,7 +194,8 @@ class Registry:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session:
+        # Transitional: being replaced by registry.catalog functions (reads use catalog.read()).
+        with self.catalog.write() as session:
             yield session
 
     # -- resolving ---------------------------------------------------------------------------
@@ -936,6 +936,14 @@ class Registry:
             if sha not in referenced:
                 report.orphan_blobs.append(sha)
         return report
+
+    # -- model ops (delegates to registry.flows.merge / quantize / compose) -------------------
+
+    # -- validation (delegates to registry.validation) ---------------------------------------
+
+    # -- extraction and conversion (delegates to registry.flows.extract) ---------------------
+
+    # -- serving targets and exports (delegates to registry.flows.ship) ----------------------
 
 
 def _base_info(row: BaseRow) -> BaseInfo:

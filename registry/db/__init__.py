@@ -33,7 +33,12 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers (sessions from Catalog.write(), migrations) take the lock at BEGIN;
+            # readers begin deferred and never queue behind a writer (WAL gives them a snapshot).
+            if conn.get_execution_options().get("adapt_write", False):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True)

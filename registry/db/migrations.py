@@ -36,11 +36,39 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
 ]
 
 
+def pending_migrations(engine: Engine) -> list[str]:
+    """Names of migrations not yet applied, read without taking the write lock."""
+    table = models.Migration.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(table.name):
+            return [name for name, _ in MIGRATIONS]
+        done = {row[0] for row in conn.execute(text("SELECT name FROM adapt_migration"))}
+    return [name for name, _ in MIGRATIONS if name not in done]
+
+
+def ensure_schema(engine: Engine) -> list[str]:
+    """Migrate only when the schema is behind, so reads work on a read-only registry."""
+    if not pending_migrations(engine):
+        return []
+    return migrate(engine)
+
+
+def schema_version(engine: Engine) -> str | None:
+    """The newest applied migration's name (None for an empty database)."""
+    table = models.Migration.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(table.name):
+            return None
+        names = {row[0] for row in conn.execute(text("SELECT name FROM adapt_migration"))}
+    known = [name for name, _ in MIGRATIONS if name in names]
+    return known[-1] if known else None
+
+
 def migrate(engine: Engine) -> list[str]:
     """Apply pending migrations; return the names applied."""
     table = models.Migration.__table__  # type: ignore[attr-defined]
     applied_now: list[str] = []
-    with engine.begin() as conn:
+    with engine.execution_options(adapt_write=True).begin() as conn:
         if engine.dialect.name == "postgresql":
             # one migrator at a time across processes
             conn.execute(text("SELECT pg_advisory_xact_lock(4242)"))
