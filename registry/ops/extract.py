@@ -1,0 +1,434 @@
+"""Extract a LoRA from a full fine-tune: a truncated factorization of W_tuned - W_base per module.
+
+Both checkpoints are streamed one tensor at a time through `safetensors.safe_open` (one shard of
+each open at a time), so peak memory is a few copies of the largest weight, never a model.
+Each linear module's delta is factored with a randomized range finder (Halko, Martinsson and
+Tropp): a Gaussian sketch with oversampling, power iterations re-orthonormalized by QR, and the
+SVD of the small projected matrix. With `energy`, the sketch doubles until it holds the asked
+fraction of ||delta||_F^2 (or the matrix is small enough for an exact SVD), so the ranks are the
+ones a dense SVD picks. Factors are written with lora_alpha = r (scale 1): B @ A is the delta.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from registry.checkpoint import Checkpoint, open_checkpoint
+from registry.errors import AlreadyExists, IncompatibleBase, InvalidModel, UsageError
+from registry.peft_dir import CONFIG_NAME, WEIGHTS_NAME
+
+if TYPE_CHECKING:
+    import torch
+
+Progress = Callable[[int, int | None], None]
+
+# names of 2-D weights that are not linear maps, when the model class cannot be built
+_NON_LINEAR_RE = re.compile(r"(^|\.)(embed\w*|wte|wpe|\w*norm\w*|ln_\w*)(\.|$)")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How to factor each delta. Exactly one of `rank` and `energy`.
+
+    energy: the fraction of each module's ||delta||_F^2 to keep, in (0, 1]; ranks per module.
+    max_rank: a cap on the ranks `energy` picks.
+    modules: a regular expression searched in module names; only matches are extracted.
+    save_changed: keep changed non-linear tensors (norms, embeddings) as modules_to_save.
+    """
+
+    rank: int | None = None
+    energy: float | None = None
+    max_rank: int | None = None
+    modules: str | None = None
+    oversample: int = 8
+    power_iters: int = 2
+    seed: int = 0
+    save_changed: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.rank is None) == (self.energy is None):
+            raise UsageError("give exactly one of --rank and --energy")
+        if self.rank is not None and not (isinstance(self.rank, int) and 1 <= self.rank <= 65536):
+            raise UsageError(f"--rank must be an integer in [1, 65536], got {self.rank!r}")
+        if self.energy is not None and not (
+            isinstance(self.energy, int | float) and math.isfinite(self.energy)
+            and 0 < self.energy <= 1
+        ):
+            raise UsageError(f"--energy must be in (0, 1], got {self.energy!r}")
+        if self.max_rank is not None and not 1 <= self.max_rank <= 65536:
+            raise UsageError(f"--max-rank must be in [1, 65536], got {self.max_rank!r}")
+        if not 0 <= self.oversample <= 1024 or not 0 <= self.power_iters <= 32:
+            raise UsageError("oversample must be in [0, 1024] and power_iters in [0, 32]")
+        if self.modules is not None:
+            try:
+                re.compile(self.modules)
+            except re.error as error:
+                raise UsageError(f"--modules {self.modules!r} is not a valid pattern: {error}") \
+                    from None
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """delta ~ B @ A with B (out, r), A (r, in); energy = kept / total squared norm."""
+
+    b: torch.Tensor
+    a: torch.Tensor
+    energy: float
+    rel_error: float
+    singular_values: torch.Tensor  # as far as the sketch saw them (descending)
+
+    @property
+    def rank(self) -> int:
+        return int(self.a.shape[0])
+
+
+@dataclass
+class ModuleExtraction:
+    module: str
+    shape: tuple[int, int]  # (out, in)
+    rank: int
+    energy: float
+    rel_error: float
+
+
+@dataclass
+class ChangedTensor:
+    name: str
+    shape: tuple[int, ...]
+    rel_change: float
+    saved: bool
+
+
+@dataclass
+class ExtractResult:
+    """What an extraction wrote and how well each module is captured."""
+
+    out_dir: Path
+    rank: int
+    rank_pattern: dict[str, int]
+    modules: list[ModuleExtraction]
+    zero_modules: list[str]
+    changed: list[ChangedTensor]
+    options: ExtractOptions
+    seconds: float
+    missing_in_tuned: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Per-module figures and totals, small enough for a version's recipe."""
+        errors = [m.rel_error for m in self.modules]
+        return {
+            "rank": self.rank,
+            "modules": {m.module: {"rank": m.rank, "energy": round(m.energy, 8),
+                                   "rel_error": round(m.rel_error, 8)} for m in self.modules},
+            "max_rel_error": max(errors) if errors else 0.0,
+            "zero_modules": self.zero_modules,
+            "changed_non_linear": [asdict(c) for c in self.changed],
+            "missing_in_tuned": self.missing_in_tuned,
+            "options": asdict(self.options),
+        }
+
+
+# -- the factorization ----------------------------------------------------------------------
+def _range_basis(m: torch.Tensor, k: int, power_iters: int, generator: torch.Generator
+                 ) -> torch.Tensor:
+    """An orthonormal (out, k) basis for the dominant range of m (randomized, float32)."""
+    import torch
+
+    omega = torch.randn(m.shape[1], k, generator=generator, dtype=m.dtype)
+    q, _ = torch.linalg.qr(m @ omega)
+    for _ in range(power_iters):
+        z, _ = torch.linalg.qr(m.T @ q)
+        q, _ = torch.linalg.qr(m @ z)
+    return q
+
+
+def low_rank_factors(
+    delta: torch.Tensor,
+    *,
+    rank: int | None = None,
+    energy: float | None = None,
+    max_rank: int | None = None,
+    oversample: int = 8,
+    power_iters: int = 2,
+    seed: int = 0,
+) -> LowRank:
+    """Truncated factors of a dense (out, in) matrix at a fixed rank or an energy threshold.
+
+    A sketch as large as the matrix's smaller side takes the exact SVD instead. The relative
+    error is measured, ||delta - B A||_F / ||delta||_F, not estimated.
+    """
+    import torch
+
+    m = delta.float()
+    full = min(m.shape)
+    total = float(m.double().square().sum())
+    generator = torch.Generator().manual_seed(seed)
+    if rank is not None:
+        k = min(rank + oversample, full)
+    else:
+        k = min(max(32, (max_rank or 0) + oversample), full)
+    while True:
+        if k >= full:
+            u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        else:
+            q = _range_basis(m, k, power_iters, generator)
+            uc, s, vh = torch.linalg.svd(q.T @ m, full_matrices=False)
+            u = q @ uc
+        sq = s.double().square()
+        if rank is not None:
+            r = min(rank, full)
+            break
+        assert energy is not None
+        cum = torch.cumsum(sq, 0) / total if total > 0 else torch.ones_like(sq)
+        # a sketch that holds the asked energy, or the whole matrix, decides the rank
+        if float(cum[-1]) >= energy - 1e-12 or k >= full:
+            r = min(int((cum < energy - 1e-12).sum()) + 1, s.numel())
+            break
+        k = min(2 * k, full)
+    if max_rank is not None:
+        r = min(r, max_rank)
+    r = max(1, min(r, s.numel()))
+    root = s[:r].sqrt()
+    b = (u[:, :r] * root).contiguous()
+    a = (root[:, None] * vh[:r]).contiguous()
+    kept = float(sq[:r].sum())
+    err = float(torch.linalg.matrix_norm(m - b @ a).double()) / math.sqrt(total) if total else 0.0
+    return LowRank(b, a, min(kept / total, 1.0) if total else 1.0, err, s.detach())
+
+
+# -- reading both checkpoints ---------------------------------------------------------------
+class _TensorReader:
+    """Reads tensors of one checkpoint through safe_open, keeping at most one shard open."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.file_of = ckpt.file_of()
+        self._path: Path | None = None
+        self._handle: Any = None
+
+    def get(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        path = self.file_of[name]
+        if path != self._path:
+            self.close()
+            self._handle = safe_open(str(path), framework="pt", device="cpu")
+            self._path = path
+        return self._handle.get_tensor(name)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            exit_ = getattr(self._handle, "__exit__", None)
+            if exit_ is not None:
+                exit_(None, None, None)
+        self._handle, self._path = None, None
+
+
+def _base_order(ckpt: Checkpoint) -> Iterator[str]:
+    for f in ckpt.files:
+        yield from (t.name for t in sorted(ckpt.headers[f].tensors.values(), key=lambda t: t.start))
+
+
+def linear_layouts(ckpt: Checkpoint) -> dict[str, str]:
+    """Weight name -> "linear" (out, in) or "conv1d" (in, out), for the 2-D linear weights.
+
+    Built from the model class on the meta device (no memory) when transformers knows the
+    architecture; otherwise 2-D `.weight` tensors that do not look like embeddings or norms.
+    """
+    names = {n: t for n, t in ckpt.tensors.items() if n.endswith(".weight") and len(t.shape) == 2}
+    kinds = _kinds_from_model(ckpt)
+    out: dict[str, str] = {}
+    for name in names:
+        if kinds is not None and name in kinds:
+            kind = kinds[name]
+        else:
+            kind = "other" if _NON_LINEAR_RE.search(name[: -len(".weight")]) else "linear"
+        if kind != "other":
+            out[name] = kind
+    return out
+
+
+def _kinds_from_model(ckpt: Checkpoint) -> dict[str, str] | None:
+    arch = ckpt.architecture
+    if not arch or not (ckpt.path / "config.json").is_file():
+        return None
+    try:
+        import torch
+        import transformers
+        from transformers.pytorch_utils import Conv1D
+
+        cls = getattr(transformers, arch, None)
+        if cls is None:
+            return None
+        config = transformers.AutoConfig.from_pretrained(str(ckpt.path))
+        with torch.device("meta"):
+            model = cls(config)
+    except Exception:  # any failure here only costs the name heuristic
+        return None
+    kinds: dict[str, str] = {}
+    for name, module in model.named_modules():
+        key = f"{name}.weight"
+        if isinstance(module, Conv1D):
+            kinds[key] = "conv1d"
+        elif isinstance(module, torch.nn.Linear):
+            kinds[key] = "linear"
+        elif hasattr(module, "weight") and isinstance(module.weight, torch.nn.Parameter):
+            kinds[key] = "other"
+    return kinds
+
+
+# -- the extraction -------------------------------------------------------------------------
+def extract_lora(
+    base_dir: Path,
+    tuned_dir: Path,
+    out_dir: Path,
+    options: ExtractOptions,
+    *,
+    base_model_name: str | None = None,
+    on_progress: Progress | None = None,
+) -> ExtractResult:
+    """Write a PEFT LoRA directory at `out_dir` whose B @ A approximates W_tuned - W_base.
+
+    Raises IncompatibleBase when a tensor's shape differs between the checkpoints.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    started = time.perf_counter()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise AlreadyExists(str(out_dir), "choose an empty output directory")
+    base = open_checkpoint(base_dir)
+    tuned = open_checkpoint(tuned_dir)
+    base_t, tuned_t = base.tensors, tuned.tensors
+    for name, info in tuned_t.items():
+        b = base_t.get(name)
+        if b is not None and tuple(b.shape) != tuple(info.shape):
+            raise IncompatibleBase(name.rsplit(".", 1)[0], tuple(info.shape), tuple(b.shape),
+                                   "the tuned checkpoint is not a fine-tune of this base")
+    extra = sorted(set(tuned_t) - set(base_t))
+    if extra:
+        raise InvalidModel(tuned_dir, f"tensor {extra[0]} is not in the base model "
+                           f"({len(extra)} such)", "extract from a fine-tune of this base")
+    layouts = linear_layouts(base)
+    pattern = re.compile(options.modules) if options.modules else None
+    names = [n for n in _base_order(base) if n in tuned_t]
+    missing = sorted(set(base_t) - set(tuned_t))  # e.g. tied weights saved once
+    if pattern is not None:
+        selected = [n for n in names if n in layouts and pattern.search(n[: -len(".weight")])]
+        if not selected:
+            raise UsageError(f"--modules {options.modules!r} matches no linear module")
+    total = len(names)
+    factors: dict[str, torch.Tensor] = {}
+    modules: list[ModuleExtraction] = []
+    zero: list[str] = []
+    changed: list[ChangedTensor] = []
+    saved_modules: set[str] = set()
+    rb, rt = _TensorReader(base), _TensorReader(tuned)
+    try:
+        for done, name in enumerate(names, 1):
+            w_base = rb.get(name)
+            w_tuned = rt.get(name)
+            if not (w_base.is_floating_point() and w_tuned.is_floating_point()):
+                continue
+            delta = w_tuned.float() - w_base.float()
+            del w_base
+            module = name[: -len(".weight")] if name.endswith(".weight") else name
+            is_linear = name in layouts
+            if is_linear and (pattern is None or pattern.search(module)):
+                if not bool(delta.any()):
+                    zero.append(module)
+                else:
+                    if layouts[name] == "conv1d":
+                        delta = delta.T
+                    low = low_rank_factors(
+                        delta, rank=options.rank, energy=options.energy,
+                        max_rank=options.max_rank, oversample=options.oversample,
+                        power_iters=options.power_iters, seed=options.seed)
+                    key = f"base_model.model.{module}"
+                    factors[f"{key}.lora_A.weight"] = low.a
+                    factors[f"{key}.lora_B.weight"] = low.b
+                    modules.append(ModuleExtraction(module, (int(delta.shape[0]),
+                                                             int(delta.shape[1])),
+                                                    low.rank, low.energy, low.rel_error))
+            elif not is_linear and bool(delta.any()):
+                ref = float(torch.linalg.vector_norm(w_tuned.float() - delta))
+                rel = float(torch.linalg.vector_norm(delta)) / ref if ref > 0 else math.inf
+                owner = name.rsplit(".", 1)[0]
+                # a linear module's bias cannot be saved whole: its weight is a LoRA target
+                save = (options.save_changed and f"{owner}.weight" not in layouts
+                        and (pattern is None or bool(pattern.search(owner))))
+                changed.append(ChangedTensor(name, tuple(w_tuned.shape), rel, save))
+                if save:
+                    saved_modules.add(owner)
+            del delta, w_tuned
+            if on_progress is not None:
+                on_progress(done, total)
+    finally:
+        rb.close()
+        rt.close()
+    if not modules:
+        raise UsageError("no linear module differs between the two checkpoints",
+                         "is the tuned model a fine-tune of this base?")
+    # a module's whole state is saved for modules_to_save (weight and bias alike)
+    if saved_modules:
+        owners = {c.name.rsplit(".", 1)[0] for c in changed if c.saved}
+        for name in names:
+            owner = name.rsplit(".", 1)[0]
+            if owner in owners and f"{name}" in tuned_t:
+                # PEFT saves a modules_to_save module's tensors under their plain names
+                factors[f"base_model.model.{name}"] = rt.get(name).contiguous()
+        rt.close()
+    rank, rank_pattern = _ranks(modules)
+    config = _lora_config(modules, rank, rank_pattern, base, layouts, base_model_name,
+                          sorted(saved_modules))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(factors, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return ExtractResult(out_dir, rank, rank_pattern, modules, zero, changed, options,
+                         time.perf_counter() - started, missing)
+
+
+def _ranks(modules: list[ModuleExtraction]) -> tuple[int, dict[str, int]]:
+    """The most common rank as r, the others as a rank_pattern of full module names."""
+    counts = Counter(m.rank for m in modules)
+    rank = max(counts, key=lambda r: (counts[r], r))
+    return rank, {m.module: m.rank for m in modules if m.rank != rank}
+
+
+def _lora_config(
+    modules: list[ModuleExtraction],
+    rank: int,
+    rank_pattern: dict[str, int],
+    base: Checkpoint,
+    layouts: dict[str, str],
+    base_model_name: str | None,
+    modules_to_save: list[str],
+) -> dict[str, Any]:
+    arch = base.architecture or ""
+    conv1d = any(layouts.get(f"{m.module}.weight") == "conv1d" for m in modules)
+    return {
+        "peft_type": "LORA",
+        "r": rank,
+        # alpha = r per module: scale 1, so the stored B @ A is the delta itself
+        "lora_alpha": rank,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": {k: float(v) for k, v in rank_pattern.items()},
+        "target_modules": sorted(m.module for m in modules),
+        "base_model_name_or_path": base_model_name or str(base.path),
+        "task_type": "CAUSAL_LM" if arch.endswith("ForCausalLM") else None,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": conv1d,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "modules_to_save": modules_to_save or None,
+        "inference_mode": True,
+    }
