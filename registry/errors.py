@@ -28,6 +28,16 @@ class InvalidReference(UsageError):
         )
 
 
+class UnsafeOutputDir(UsageError):
+    """An output directory that is, contains or lies inside something adapt reads or owns."""
+
+    def __init__(self, out_dir: object, relation: str, other: str, hint: str) -> None:
+        self.out_dir = str(out_dir)
+        self.relation = relation  # "is", "contains" or "is inside"
+        self.other = other  # what it overlaps, e.g. "the base model's directory"
+        super().__init__(f"--out {out_dir} {relation} {other}", hint)
+
+
 class InvalidName(UsageError):
     def __init__(self, name: str, reason: str) -> None:
         self.name = name
@@ -48,6 +58,16 @@ class AlreadyExists(AdaptError):
     def __init__(self, what: str, hint: str | None = None) -> None:
         self.what = what
         super().__init__(f"already exists: {what}", hint)
+
+
+class InUse(AdaptError):
+    """An object others depend on (versions, tags, lineage) cannot be removed without --force."""
+
+    def __init__(self, what: str, users: list[str], hint: str | None = None) -> None:
+        self.what = what
+        self.users = users
+        shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+        super().__init__(f"{what} is in use: {shown}", hint or "pass --force to remove it anyway")
 
 
 class InvalidAdapter(AdaptError):
@@ -150,11 +170,21 @@ class InsufficientDisk(AdaptError):
 
 
 class MissingDependency(AdaptError):
-    def __init__(self, package: str, purpose: str) -> None:
+    def __init__(self, package: str, purpose: str, install: str | None = None) -> None:
         self.package = package
+        self.install = install or package
         super().__init__(
-            f"{package} is needed to {purpose}", f"install it with `pip install {package}`"
+            f"{package} is needed to {purpose}", f"install it with `pip install {self.install}`"
         )
+
+
+class RegistryUnavailable(AdaptError):
+    """The registry cannot be opened: ADAPT_HOME not writable, or the database unreachable."""
+
+    def __init__(self, where: str, reason: str, hint: str | None = None) -> None:
+        self.where = where  # a path, or a database URL with its password redacted
+        self.reason = reason
+        super().__init__(f"cannot open the registry at {where}: {reason}", hint)
 
 
 class QuantizationUnavailable(AdaptError):

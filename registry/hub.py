@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
 from registry.errors import (
     AdaptError,
     AlreadyExists,
@@ -209,17 +207,7 @@ class PullResult:
 def default_repo_id(reg: Registry, name: str, api: HfApi) -> str:
     """--repo wins; else the repo this adapter was last pushed to or pulled from; else
     `<your Hub user name>/<adapter name>` (from whoami)."""
-    from registry.db.models import Adapter, AdapterVersion, HubLink
-
-    with reg.session() as s:
-        recorded = s.execute(
-            select(HubLink.repo)
-            .join(AdapterVersion, AdapterVersion.id == HubLink.version_id)
-            .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
-            .where(Adapter.name == name)
-            .order_by(HubLink.id.desc())  # type: ignore[union-attr]
-            .limit(1)
-        ).scalar_one_or_none()
+    recorded = reg.last_hub_repo(name)
     if recorded:
         return recorded
     with hub_errors(None):
@@ -228,16 +216,7 @@ def default_repo_id(reg: Registry, name: str, api: HfApi) -> str:
 
 
 def _versions_of(reg: Registry, name: str) -> list[VersionInfo]:
-    from registry.db.models import Adapter, AdapterVersion
-
-    with reg.session() as s:
-        numbers = s.execute(
-            select(AdapterVersion.version)
-            .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
-            .where(Adapter.name == name)
-            .order_by(AdapterVersion.version)
-        ).scalars().all()
-    return [reg.resolve(f"{name}@{n}") for n in numbers]
+    return reg.versions_of(name)
 
 
 def _stage_version(reg: Registry, info: VersionInfo, repo_id: str, tmp: Path) -> dict[str, Path]:
@@ -261,17 +240,7 @@ def _stage_version(reg: Registry, info: VersionInfo, repo_id: str, tmp: Path) ->
 
 def _record_link(reg: Registry, version_id: int, repo: str, commit: str, tag: str | None,
                  direction: str) -> None:
-    from registry.db.models import HubLink
-
-    with reg.session() as s:
-        exists = s.execute(
-            select(HubLink.id).where(HubLink.version_id == version_id, HubLink.repo == repo,
-                                     HubLink.commit == commit, HubLink.direction == direction)
-        ).first()
-        if exists is None:
-            s.add(HubLink(version_id=version_id, repo=repo, commit=commit, tag=tag,
-                          direction=direction))
-            s.commit()
+    reg.record_hub_link(version_id, repo, commit, tag, direction)
 
 
 def push(reg: Registry, ref: str, *, repo: str | None = None, private: bool = False,
@@ -528,75 +497,51 @@ def _name_from_repo(repo_id: str) -> str:
 
 def _register(reg: Registry, f: _Fetched, repo_id: str, name: str,
               base: str | Path | None, pulled: dict[str, str]) -> PulledVersion:
-    """reg.add the verified files, then restore lineage, runs, scores and the Hub link."""
-    from registry.db.models import AdapterVersion, EvalScore, Lineage, ValidationRun, utcnow
+    """Register the verified files with their lineage, runs, scores and Hub link: one
+    transaction, so a failed pull leaves nothing behind."""
+    from registry.catalog.hub import HubLinkRecord, ImportedHistory, ImportedLineage
+    from registry.hashing import digest_json
     from registry.refs import Ref
 
     m = f.manifest or {}
+    if f.manifest:
+        # the content must be what the manifest says before anything is written
+        local_digest = digest_json([
+            {"path": p, "sha256": _sha256(f.dir / p), "size": (f.dir / p).stat().st_size}
+            for p in ADAPTER_FILES if (f.dir / p).exists()
+        ])
+        if local_digest != m["digest"]:
+            raise IntegrityError(f"{repo_id}@{f.revision} digest", m["digest"], local_digest)
+    lineage: list[ImportedLineage] = []
+    for p in m.get("parents", []):
+        # a parent of the same line is only trusted when pulled alongside: local numbers of that
+        # name may name other content
+        parent = Ref.parse(p["ref"]) if not p["ref"].startswith("hf://") else None
+        ref = p["ref"]
+        if ref in pulled:
+            ref = pulled[ref]
+        elif parent is not None and parent.name == m["name"] and parent.version is not None:
+            ref = f"hf://{repo_id}@v{parent.version}"
+        try:
+            local = None if ref.startswith("hf://") else reg.resolve(ref)
+        except AdaptError:
+            local = None  # not in this registry: keep the printed ref
+        lineage.append(ImportedLineage(ref, local.id if local else None, p.get("weight"),
+                                       p.get("role", "parent"), p.get("params")))
+    history = ImportedHistory(
+        link=HubLinkRecord(repo_id, f.commit, f.tag, "pull"),
+        created_at=parse_time(m["created_at"]) if m.get("created_at") else None,
+        lineage=tuple(lineage),
+        runs=tuple(m.get("validation_runs", [])),
+        scores=tuple(m.get("scores", [])),
+    )
     source = m.get("source") or f"hf://{repo_id}@{f.commit}"
     res = reg.add(
         f.dir, name=name, base=base, tags=m.get("tags", ()), note=m.get("note"), source=source,
         recipe=m.get("recipe"), base_fingerprint=None if base else m.get("base_fingerprint"),
+        history=history,
     )
     v = res.version
-    if f.manifest and v.digest != m["digest"]:
-        if res.created:
-            reg.remove(v.ref)
-        raise IntegrityError(f"{repo_id}@{f.revision} digest", m["digest"], v.digest)
-    try:
-        if res.created and f.manifest:
-            # resolve parents before opening the writing session (SQLite: one writer)
-            parents: list[tuple[dict[str, Any], int | None]] = []
-            for p in m.get("parents", []):
-                # a parent of the same line is only trusted when pulled alongside: local
-                # numbers of that name may name other content
-                parent = Ref.parse(p["ref"])
-                if p["ref"] in pulled:
-                    p = {**p, "ref": pulled[p["ref"]]}
-                elif parent.name == m["name"] and parent.version is not None:
-                    # same line, not pulled now: point at the Hub tag, not a local number
-                    p = {**p, "ref": f"hf://{repo_id}@v{parent.version}"}
-                try:
-                    local = None if p["ref"].startswith("hf://") else reg.resolve(p["ref"])
-                    parents.append((p, local.id if local else None))
-                except AdaptError:
-                    parents.append((p, None))  # not in this registry: keep the printed ref
-            with reg.session() as s:
-                row = s.get(AdapterVersion, v.id)
-                assert row is not None
-                if m.get("created_at"):
-                    row.created_at = parse_time(m["created_at"])  # type: ignore[assignment]
-                    s.add(row)
-                for p, parent_id in parents:
-                    s.add(Lineage(child_id=v.id, parent_id=parent_id,
-                                  parent_ref=p["ref"], weight=p.get("weight"),
-                                  role=p.get("role", "parent"), params=p.get("params")))
-                run_ids: dict[int, int] = {}
-                for r in m.get("validation_runs", []):
-                    run = ValidationRun(
-                        version_id=v.id, base_fingerprint=r.get("base_fingerprint"),
-                        device=r.get("device", "cpu"), status=r["status"],
-                        figures=r.get("figures"), gates=r.get("gates"),
-                        started_at=parse_time(r.get("started_at")) or utcnow(),
-                        finished_at=parse_time(r.get("finished_at")),
-                    )
-                    s.add(run)
-                    s.flush()
-                    assert run.id is not None
-                    run_ids[r["id"]] = run.id
-                for sc in m.get("scores", []):
-                    s.add(EvalScore(
-                        version_id=v.id, metric=sc["metric"], dataset=sc.get("dataset"),
-                        value=sc["value"], base_fingerprint=sc.get("base_fingerprint"),
-                        run_id=run_ids.get(sc.get("run_id")),  # type: ignore[arg-type]
-                        created_at=parse_time(sc.get("created_at")) or utcnow(),
-                    ))
-                s.commit()
-        _record_link(reg, v.id, repo_id, f.commit, f.tag, "pull")
-    except BaseException:
-        if res.created:  # nothing half-registered
-            reg.remove(v.ref)
-        raise
     return PulledVersion(v.ref, f.revision, f.commit, f.tag, res.created, f.manifest is not None)
 
 

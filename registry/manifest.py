@@ -13,8 +13,6 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
 if TYPE_CHECKING:
     from registry.registry import Registry
 
@@ -145,8 +143,6 @@ def parse_time(value: str | None) -> datetime | None:
 
 def build_manifest(reg: Registry, ref: str) -> dict[str, Any]:
     """The `adapt.json` object for one version (valid against MANIFEST_SCHEMA)."""
-    from registry.db.models import ValidationRun
-
     shown = reg.show(ref)
     manifest: dict[str, Any] = {"manifest_version": MANIFEST_VERSION}
     for key, value in shown.items():
@@ -154,20 +150,12 @@ def build_manifest(reg: Registry, ref: str) -> dict[str, Any]:
             continue
         manifest[key] = _iso(value)
     manifest["scores"] = [{k: _iso(v) for k, v in s.items()} for s in shown["scores"]]
-    with reg.session() as s:
-        rows = {
-            r.id: r
-            for r in s.execute(
-                select(ValidationRun).where(
-                    ValidationRun.id.in_([r["id"] for r in shown["validation_runs"]])  # type: ignore[union-attr]
-                )
-            ).scalars()
-        }
+    rows = reg.run_details([r["id"] for r in shown["validation_runs"]])
     manifest["validation_runs"] = [
         {
             **{k: _iso(v) for k, v in run.items()},
-            "figures": rows[run["id"]].figures,
-            "gates": rows[run["id"]].gates,
+            "figures": rows[run["id"]]["figures"],
+            "gates": rows[run["id"]]["gates"],
         }
         for run in shown["validation_runs"]
     ]

@@ -1,8 +1,13 @@
-"""The Registry facade: what the CLI, the TUI and library users call.
+"""The Registry facade: every capability of adapt is a short method here.
 
-Adapter bytes live in the content-addressed blob store; metadata in the database. `add` writes
-blobs first and rows last, in one transaction, so a crash at any point leaves at worst an
-unreferenced blob (which `gc` removes), never a row without its blob.
+The CLI, the TUI and library users call only this class. It hands work to small modules:
+`registry.catalog` (every query and write, one transaction per operation), the blob store, the
+pure `registry.ops` functions and the feature flows (`registry.flows`, `registry.hub`,
+`registry.validation`). Adapter bytes live in the content-addressed blob store; `add` writes blobs
+first and rows last, in one transaction, so a crash at any point leaves at worst an unreferenced
+blob (which `gc` removes), never a row without its blob.
+
+Importing this module stays light (no SQLAlchemy, torch or numpy): read commands start fast.
 """
 
 from __future__ import annotations
@@ -13,33 +18,18 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError as DBIntegrityError
-from sqlmodel import Session, col
+from typing import TYPE_CHECKING, Any
 
 from registry import __version__
-from registry.checkpoint import open_checkpoint
-from registry.compat import check_compatible
-from registry.config import Settings, load_settings
 from registry.catalog import Catalog
-from registry.db.models import (
-    Adapter,
-    AdapterVersion,
-    Blob,
-    EvalScore,
-    HubLink,
-    Lineage,
-    Tag,
-    ValidationRun,
-    VersionFile,
-    utcnow,
-)
-from registry.db.models import BaseModel as BaseRow
+from registry.catalog import bases as base_rows
+from registry.catalog import blobs as blob_rows
+from registry.catalog import hub as hub_rows
+from registry.catalog import versions as version_rows
+from registry.catalog.hub import HubLinkRecord, ImportedHistory
+from registry.config import Settings, environment_problem, load_settings
 from registry.errors import (
     AlreadyExists,
     IntegrityError,
@@ -48,129 +38,31 @@ from registry.errors import (
     NotFound,
     UsageError,
 )
-from registry.fingerprint import ModelFingerprint, fingerprint_model
-from registry.hashing import digest_json
-from registry.peft_dir import (
-    CONFIG_NAME,
-    PICKLE_NAME,
-    WEIGHTS_NAME,
-    AdapterDir,
-    convert_pickle,
-    read_adapter_dir,
+from registry.records import (
+    AddResult,
+    BaseChoice,
+    BaseInfo,
+    FileInfo,
+    FsckReport,
+    GcReport,
+    ParentLink,
+    ScoreSeries,
+    VersionDetail,
+    VersionInfo,
+    VersionSummary,
 )
 from registry.refs import Ref, check_name
 from registry.store import BlobStore
 
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from registry.fingerprint import ModelFingerprint
+    from registry.peft_dir import AdapterDir
+
 # Files that make up a version. README/model cards are presentation, not content: a version's
 # identity is its config and weights, so a Hub round trip keeps the same digest.
-VERSION_FILES = (CONFIG_NAME, WEIGHTS_NAME)
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    path: str
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """A detached snapshot of one adapter version."""
-
-    id: int
-    adapter_id: int
-    name: str
-    version: int
-    digest: str
-    method: str
-    peft_type: str
-    rank: int | None
-    alpha: float | None
-    use_rslora: bool
-    rank_pattern: dict[str, int]
-    alpha_pattern: dict[str, float]
-    target_modules: Any
-    modules_to_save: list[str]
-    task_type: str | None
-    base_model: str | None
-    base_fingerprint: str | None
-    params: int
-    size_bytes: int
-    dtype: str
-    source: str | None
-    recipe: dict[str, Any] | None
-    config: dict[str, Any]
-    note: str | None
-    created_at: datetime
-    files: tuple[FileInfo, ...] = ()
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ref": self.ref}
-
-
-@dataclass(frozen=True)
-class ParentLink:
-    """A parent of a new version: a reference, and how it contributed."""
-
-    ref: str
-    weight: float | None = None
-    role: str = "parent"
-    params: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class AddResult:
-    version: VersionInfo
-    created: bool
-
-
-@dataclass(frozen=True)
-class BaseInfo:
-    id: int
-    fingerprint: str
-    structure: str
-    name: str | None
-    path: str | None
-    architecture: str | None
-    params: int
-    dtype: str | None
-    kind: str
-    source_version_id: int | None
-    parent_fingerprint: str | None
-    details: dict[str, Any] | None
-    created_at: datetime
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class GcReport:
-    removed_blobs: list[str] = field(default_factory=list)
-    removed_bytes: int = 0
-    removed_temp_files: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class FsckReport:
-    checked_blobs: int = 0
-    checked_rows: int = 0
-    problems: list[str] = field(default_factory=list)
-    orphan_blobs: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+VERSION_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class Registry:
@@ -178,13 +70,23 @@ class Registry:
 
     def __init__(self, home: str | Path | None = None, db_url: str | None = None) -> None:
         self.settings: Settings = load_settings(home, db_url)
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        self.catalog = Catalog(self.settings.db_url)
-        self.engine = self.catalog.engine
+        try:  # unwritable ADAPT_HOME or unreachable database: exit 9 with one line, not 70
+            self.settings.home.mkdir(parents=True, exist_ok=True)
+            self.catalog = Catalog(self.settings.db_url)
+        except Exception as error:
+            problem = environment_problem(self.settings, error)
+            if problem is None:
+                raise
+            raise problem from error
         self.store = BlobStore(self.settings.blob_dir)
 
+    @property
+    def engine(self) -> Any:
+        """The SQLAlchemy engine (created on first use)."""
+        return self.catalog.engine
+
     def close(self) -> None:
-        self.engine.dispose()
+        self.catalog.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -194,7 +96,7 @@ class Registry:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        # Transitional: being replaced by registry.catalog functions (reads use catalog.read()).
+        # Transitional for modules not yet moved onto registry.catalog.
         with self.catalog.write() as session:
             yield session
 
@@ -203,79 +105,10 @@ class Registry:
         """The version a reference names (NotFound if none)."""
         if isinstance(ref, VersionInfo):
             return ref
-        with self.session() as s:
-            row, name = self._resolve_row(s, ref)
-            return self._info(s, row, name)
+        return version_rows.resolve(self.catalog, ref)
 
-    def _resolve_row(self, s: Session, ref: str | Ref) -> tuple[AdapterVersion, str]:
-        parsed = ref if isinstance(ref, Ref) else Ref.parse(ref)
-        if parsed.digest is not None:
-            rows = s.execute(
-                select(AdapterVersion, Adapter.name)
-                .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
-                .where(AdapterVersion.manifest_digest.like(f"sha256:{parsed.digest}%"))
-                .order_by(Adapter.name, AdapterVersion.version)
-            ).all()
-            if not rows:
-                raise NotFound("version", str(parsed), "see `adapt list`")
-            if len({r[0].manifest_digest for r in rows}) > 1:
-                raise UsageError(f"digest prefix {parsed} is ambiguous: use more hex digits")
-            return rows[0][0], rows[0][1]
-        adapter = s.execute(select(Adapter).where(Adapter.name == parsed.name)).scalar_one_or_none()
-        if adapter is None:
-            raise NotFound("adapter", str(parsed.name), "see `adapt list`")
-        q = select(AdapterVersion).where(AdapterVersion.adapter_id == adapter.id)
-        if parsed.version is not None:
-            row = s.execute(q.where(AdapterVersion.version == parsed.version)).scalar_one_or_none()
-            if row is None:
-                raise NotFound("version", str(parsed), f"see `adapt show {parsed.name}`")
-        elif parsed.tag is not None:
-            tag = s.execute(
-                select(Tag).where(Tag.adapter_id == adapter.id, Tag.name == parsed.tag)
-            ).scalar_one_or_none()
-            if tag is None:
-                raise NotFound("tag", str(parsed), f"see `adapt show {parsed.name}`")
-            row = s.get(AdapterVersion, tag.version_id)
-            assert row is not None
-        else:
-            row = s.execute(q.order_by(AdapterVersion.version.desc()).limit(1)).scalar_one_or_none()
-            if row is None:
-                raise NotFound("version", str(parsed))
-        return row, adapter.name
-
-    def _info(self, s: Session, row: AdapterVersion, name: str) -> VersionInfo:
-        files = s.execute(
-            select(VersionFile).where(VersionFile.version_id == row.id).order_by(VersionFile.path)
-        ).scalars()
-        assert row.id is not None
-        return VersionInfo(
-            id=row.id,
-            adapter_id=row.adapter_id,
-            name=name,
-            version=row.version,
-            digest=row.manifest_digest,
-            method=row.method,
-            peft_type=row.peft_type,
-            rank=row.rank,
-            alpha=row.alpha,
-            use_rslora=row.use_rslora,
-            rank_pattern=dict(row.rank_pattern or {}),
-            alpha_pattern=dict(row.alpha_pattern or {}),
-            target_modules=row.target_modules,
-            modules_to_save=list(row.modules_to_save or []),
-            task_type=row.task_type,
-            base_model=row.base_model,
-            base_fingerprint=row.base_fingerprint,
-            params=row.params,
-            size_bytes=row.size_bytes,
-            dtype=row.dtype,
-            source=row.source,
-            recipe=row.recipe,
-            config=dict(row.config or {}),
-            note=row.note,
-            created_at=row.created_at,
-            files=tuple(FileInfo(f.path, f.sha256, f.size) for f in files),
-        )
+    def version_by_id(self, version_id: int) -> VersionInfo | None:
+        return version_rows.by_id(self.catalog, version_id)
 
     # -- adding ------------------------------------------------------------------------------
     def add(
@@ -292,13 +125,20 @@ class Registry:
         parents: Sequence[ParentLink] = (),
         recipe: dict[str, Any] | None = None,
         base_fingerprint: str | None = None,
+        history: ImportedHistory | None = None,
     ) -> AddResult:
         """Register the PEFT adapter directory at `path` as a new version.
 
         base: a base model directory (or a registered base's name): fingerprint it and check that
             every adapted module exists in it with matching shapes.
         Identical content under the same name returns the existing version (created=False).
+        history: what a pull restores (lineage, runs, scores, Hub link), written in the same
+            transaction as the version.
         """
+        from registry.checkpoint import open_checkpoint
+        from registry.compat import check_compatible
+        from registry.hashing import digest_json
+
         path = Path(path)
         for t in tags:
             check_name(t, "tag")
@@ -312,24 +152,42 @@ class Registry:
                 check_compatible(adapter, open_checkpoint(base_dir))
                 base_fingerprint = self.add_base(base_dir).fingerprint
             _crash_point("before_blobs")
-            files = [self._put(adapter.path / f) for f in VERSION_FILES]
+            files = tuple(self._put(adapter.path / f) for f in VERSION_FILES)
             _crash_point("after_blobs")
-            digest = digest_json([asdict(f) for f in files])
-            source = source or str(path.resolve())
-            for attempt in range(3):
-                try:
-                    return self._insert_version(
-                        adapter, name, files, digest, tags, note, source, parents, recipe,
-                        base_fingerprint,
-                    )
-                except DBIntegrityError:
-                    # a concurrent writer created the same adapter or version number (only
-                    # possible on servers without whole-database write locks): try again
-                    if attempt == 2:
-                        raise
-        raise AssertionError("unreachable")
+            new = version_rows.NewVersion(
+                name=name, digest=digest_json([asdict(f) for f in files]),
+                peft_type=adapter.peft_type, method=adapter.method, rank=adapter.rank,
+                alpha=adapter.alpha, use_rslora=adapter.use_rslora,
+                rank_pattern=adapter.rank_pattern or None,
+                alpha_pattern=adapter.alpha_pattern or None,
+                target_modules=adapter.target_modules,
+                modules_to_save=adapter.modules_to_save or None, task_type=adapter.task_type,
+                base_model=adapter.base_model, base_fingerprint=base_fingerprint,
+                params=adapter.params, dtype=adapter.dtype,
+                source=source or str(path.resolve()), recipe=recipe, config=adapter.config,
+                note=note, files=files,
+            )
+
+            def ensure_blob(f: FileInfo) -> None:
+                # gc may have removed a blob we wrote before taking the lock; put it back
+                if not self.store.has(f.sha256):
+                    self.store.put_file(adapter.path / f.path, expected_sha256=f.sha256)
+
+            info, created = version_rows.insert_version(
+                self.catalog, new, tags=tags, parents=parents, ensure_blob=ensure_blob,
+                before_commit=lambda: _crash_point("before_commit"), history=history,
+            )
+            return AddResult(info, created=created)
 
     def _read_for_add(self, path: Path, tmp: Path, convert: bool) -> AdapterDir:
+        from registry.peft_dir import (
+            CONFIG_NAME,
+            PICKLE_NAME,
+            WEIGHTS_NAME,
+            convert_pickle,
+            read_adapter_dir,
+        )
+
         if convert and path.is_dir() and not (path / WEIGHTS_NAME).exists() and (
             path / PICKLE_NAME
         ).is_file():
@@ -344,99 +202,6 @@ class Registry:
         sha, size = self.store.put_file(file)
         return FileInfo(file.name, sha, size)
 
-    def _insert_version(
-        self,
-        adapter: AdapterDir,
-        name: str,
-        files: list[FileInfo],
-        digest: str,
-        tags: Sequence[str],
-        note: str | None,
-        source: str,
-        parents: Sequence[ParentLink],
-        recipe: dict[str, Any] | None,
-        base_fingerprint: str | None,
-    ) -> AddResult:
-        with self.session() as s:
-            self._write_lock(s)
-            line = s.execute(select(Adapter).where(Adapter.name == name)).scalar_one_or_none()
-            if line is None:
-                line = Adapter(name=name)
-                s.add(line)
-                s.flush()
-            existing = s.execute(
-                select(AdapterVersion).where(
-                    AdapterVersion.adapter_id == line.id, AdapterVersion.manifest_digest == digest
-                )
-            ).scalar_one_or_none()
-            if existing is not None:
-                for t in tags:
-                    self._set_tag(s, line, existing, t)
-                s.commit()
-                return AddResult(self._info(s, existing, name), created=False)
-            latest = s.execute(
-                select(func.max(AdapterVersion.version)).where(AdapterVersion.adapter_id == line.id)
-            ).scalar_one()
-            row = AdapterVersion(
-                adapter_id=line.id,
-                version=(latest or 0) + 1,
-                manifest_digest=digest,
-                peft_type=adapter.peft_type,
-                method=adapter.method,
-                rank=adapter.rank,
-                alpha=adapter.alpha,
-                use_rslora=adapter.use_rslora,
-                rank_pattern=adapter.rank_pattern or None,
-                alpha_pattern=adapter.alpha_pattern or None,
-                target_modules=adapter.target_modules,
-                modules_to_save=adapter.modules_to_save or None,
-                task_type=adapter.task_type,
-                base_model=adapter.base_model,
-                base_fingerprint=base_fingerprint,
-                params=adapter.params,
-                size_bytes=sum(f.size for f in files),
-                dtype=adapter.dtype,
-                source=source,
-                recipe=recipe,
-                config=adapter.config,
-                note=note,
-            )
-            s.add(row)
-            s.flush()
-            for f in files:
-                # gc may have removed a blob we wrote before taking the lock; put it back
-                if not self.store.has(f.sha256):
-                    self.store.put_file(adapter.path / f.path, expected_sha256=f.sha256)
-                if s.get(Blob, f.sha256) is None:
-                    s.add(Blob(sha256=f.sha256, size=f.size))
-                s.add(VersionFile(version_id=row.id, path=f.path, sha256=f.sha256, size=f.size))
-            for p in parents:
-                parent_row, parent_name = self._resolve_row(s, p.ref)
-                s.add(
-                    Lineage(
-                        child_id=row.id,
-                        parent_id=parent_row.id,
-                        parent_ref=f"{parent_name}@{parent_row.version}",
-                        weight=p.weight,
-                        role=p.role,
-                        params=p.params,
-                    )
-                )
-            for t in tags:
-                self._set_tag(s, line, row, t)
-            line.updated_at = utcnow()
-            s.add(line)
-            _crash_point("before_commit")
-            s.commit()
-            return AddResult(self._info(s, row, name), created=True)
-
-    def _write_lock(self, s: Session) -> None:
-        """Serialize writers that touch blobs: gc and add (SQLite's BEGIN IMMEDIATE does it)."""
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy import text
-
-            s.execute(text("SELECT pg_advisory_xact_lock(4243)"))
-
     def _base_dir(self, base: str | Path) -> Path:
         p = Path(base)
         if p.exists():
@@ -446,43 +211,19 @@ class Registry:
             raise NotFound("base model", str(base), "pass the base model's directory")
         return Path(found.path)
 
+    def base_dir(self, base: str | Path) -> Path:
+        """A base model directory from a path or a registered base's name or fingerprint."""
+        return self._base_dir(base)
+
     # -- tags, scores, removal --------------------------------------------------------------
     def tag(self, ref: str, tag: str) -> VersionInfo:
         """Point `tag` of the adapter at the version `ref` names (moving it if it exists)."""
         check_name(tag, "tag")
-        with self.session() as s:
-            row, name = self._resolve_row(s, ref)
-            line = s.get(Adapter, row.adapter_id)
-            assert line is not None
-            self._set_tag(s, line, row, tag)
-            s.commit()
-            return self._info(s, row, name)
-
-    def _set_tag(self, s: Session, line: Adapter, row: AdapterVersion, tag: str) -> None:
-        existing = s.execute(
-            select(Tag).where(Tag.adapter_id == line.id, Tag.name == tag)
-        ).scalar_one_or_none()
-        if existing is None:
-            assert line.id is not None and row.id is not None
-            s.add(Tag(adapter_id=line.id, name=tag, version_id=row.id))
-        else:
-            assert row.id is not None
-            existing.version_id = row.id
-            existing.updated_at = utcnow()
-            s.add(existing)
+        return version_rows.tag(self.catalog, ref, tag)
 
     def untag(self, name: str, tag: str) -> None:
         check_name(name)
-        with self.session() as s:
-            line = s.execute(select(Adapter).where(Adapter.name == name)).scalar_one_or_none()
-            if line is None:
-                raise NotFound("adapter", name, "see `adapt list`")
-            n = s.execute(
-                delete(Tag).where(Tag.adapter_id == line.id, Tag.name == tag)
-            ).rowcount  # type: ignore[attr-defined]
-            if not n:
-                raise NotFound("tag", f"{name}:{tag}", f"see `adapt show {name}`")
-            s.commit()
+        version_rows.untag(self.catalog, name, tag)
 
     def add_score(
         self,
@@ -494,46 +235,19 @@ class Registry:
         base_fingerprint: str | None = None,
         run_id: int | None = None,
     ) -> None:
+        """Record an evaluation score (finite values only)."""
+        import math
+
         if not metric or len(metric) > 128:
             raise UsageError("a metric name is 1-128 characters")
-        with self.session() as s:
-            row, _ = self._resolve_row(s, ref)
-            assert row.id is not None
-            s.add(
-                EvalScore(
-                    version_id=row.id,
-                    metric=metric,
-                    dataset=dataset,
-                    value=float(value),
-                    base_fingerprint=base_fingerprint or row.base_fingerprint,
-                    run_id=run_id,
-                )
-            )
-            s.commit()
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise UsageError(f"a score value must be a finite number, not {value!r}")
+        version_rows.add_score(self.catalog, ref, metric, float(value), dataset=dataset,
+                               base_fingerprint=base_fingerprint, run_id=run_id)
 
     def remove(self, ref: str) -> VersionInfo:
         """Delete one version and what hangs off it. Its blobs stay until `gc`."""
-        with self.session() as s:
-            row, name = self._resolve_row(s, ref)
-            info = self._info(s, row, name)
-            vid = row.id
-            for model in (VersionFile, Tag, EvalScore, ValidationRun, HubLink):
-                col = model.version_id  # type: ignore[attr-defined]
-                s.execute(delete(model).where(col == vid))
-            s.execute(delete(Lineage).where(Lineage.child_id == vid))
-            s.execute(update(Lineage).where(Lineage.parent_id == vid).values(parent_id=None))
-            s.execute(
-                update(BaseRow).where(BaseRow.source_version_id == vid).values(
-                    source_version_id=None)
-            )
-            s.execute(delete(AdapterVersion).where(AdapterVersion.id == vid))
-            left = s.execute(
-                select(func.count()).where(AdapterVersion.adapter_id == row.adapter_id)
-            ).scalar_one()
-            if not left:
-                s.execute(delete(Adapter).where(Adapter.id == row.adapter_id))
-            s.commit()
-            return info
+        return version_rows.remove(self.catalog, ref)
 
     # -- files out ---------------------------------------------------------------------------
     def export(self, ref: str | VersionInfo, dest: str | Path) -> Path:
@@ -554,7 +268,7 @@ class Registry:
         info = self.resolve(ref)
         root = self.settings.cache_dir / "checkouts"
         target = root / info.digest.split(":", 1)[-1][:32]
-        if (target / WEIGHTS_NAME).is_file() and (target / CONFIG_NAME).is_file():
+        if all((target / f.path).is_file() for f in info.files) and info.files:
             return target
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
@@ -573,57 +287,6 @@ class Registry:
         return target
 
     # -- listing and showing -----------------------------------------------------------------
-    def _version_query(
-        self,
-        base: str | None,
-        method: str | None,
-        tag: str | None,
-        name_like: str | None,
-        all_versions: bool,
-    ) -> Any:
-        q = select(
-            AdapterVersion.id,
-            Adapter.name,
-            AdapterVersion.version,
-            AdapterVersion.method,
-            AdapterVersion.rank,
-            AdapterVersion.alpha,
-            AdapterVersion.base_model,
-            AdapterVersion.base_fingerprint,
-            AdapterVersion.params,
-            AdapterVersion.size_bytes,
-            AdapterVersion.manifest_digest,
-            AdapterVersion.created_at,
-        ).join(Adapter, Adapter.id == AdapterVersion.adapter_id)
-        if not all_versions:
-            latest = (
-                select(
-                    AdapterVersion.adapter_id.label("aid"),
-                    func.max(AdapterVersion.version).label("v"),
-                )
-                .group_by(AdapterVersion.adapter_id)
-                .subquery()
-            )
-            q = q.join(
-                latest,
-                (latest.c.aid == AdapterVersion.adapter_id)
-                & (latest.c.v == AdapterVersion.version),
-            )
-        if method:
-            q = q.where(AdapterVersion.method == method.upper())
-        if name_like:
-            q = q.where(Adapter.name.contains(name_like.lower(), autoescape=True))
-        if tag:
-            q = q.join(Tag, (Tag.version_id == AdapterVersion.id) & (Tag.name == tag))
-        if base:
-            fps = self._base_fingerprints(base)
-            q = q.where(
-                AdapterVersion.base_fingerprint.in_(fps)
-                | (AdapterVersion.base_model == base)
-                | col(AdapterVersion.base_fingerprint).startswith(base, autoescape=True)
-            )
-        return q
-
     def list_versions(
         self,
         *,
@@ -635,55 +298,12 @@ class Registry:
         limit: int | None = None,
         offset: int = 0,
         order: str = "name",
-    ) -> list[dict[str, Any]]:
-        """Latest version of each adapter (or every version), as plain dicts."""
-        q = self._version_query(base, method, tag, name_like, all_versions)
-        orders = {
-            "name": (Adapter.name, AdapterVersion.version),
-            "updated": (AdapterVersion.created_at.desc(), Adapter.name),
-            "method": (AdapterVersion.method, Adapter.name),
-            "rank": (AdapterVersion.rank, Adapter.name),
-        }
-        if order not in orders:
-            raise UsageError(f"unknown order {order!r}: use one of {', '.join(orders)}")
-        q = q.order_by(*orders[order]).offset(offset)
-        if limit is not None:
-            q = q.limit(limit)
-        with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
-            ids = [r[0] for r in rows]
-            tags: dict[int, list[str]] = {}
-            best: dict[int, dict[str, float]] = {}
-            for chunk in _chunks(ids, 500):
-                for vid, tname in conn.execute(
-                    select(Tag.version_id, Tag.name).where(Tag.version_id.in_(chunk))
-                ):
-                    tags.setdefault(vid, []).append(tname)
-                for vid, metric, value in conn.execute(
-                    select(EvalScore.version_id, EvalScore.metric, func.max(EvalScore.value))
-                    .where(EvalScore.version_id.in_(chunk))
-                    .group_by(EvalScore.version_id, EvalScore.metric)
-                ):
-                    best.setdefault(vid, {})[metric] = value
-        return [
-            {
-                "name": r[1],
-                "version": r[2],
-                "ref": f"{r[1]}@{r[2]}",
-                "method": r[3],
-                "rank": r[4],
-                "alpha": r[5],
-                "base_model": r[6],
-                "base_fingerprint": r[7],
-                "params": r[8],
-                "size_bytes": r[9],
-                "digest": r[10],
-                "created_at": r[11],
-                "tags": sorted(tags.get(r[0], [])),
-                "scores": best.get(r[0], {}),
-            }
-            for r in rows
-        ]
+    ) -> list[VersionSummary]:
+        """Latest version of each adapter (or every version)."""
+        return version_rows.list_versions(
+            self.catalog, base=base, method=method, tag=tag, name_like=name_like,
+            all_versions=all_versions, limit=limit, offset=offset, order=order,
+        )
 
     def count_versions(
         self,
@@ -694,110 +314,31 @@ class Registry:
         name_like: str | None = None,
         all_versions: bool = False,
     ) -> int:
-        q = self._version_query(base, method, tag, name_like, all_versions)
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(q.subquery())).scalar_one())
+        return version_rows.count_versions(self.catalog, base=base, method=method, tag=tag,
+                                           name_like=name_like, all_versions=all_versions)
 
-    def show(self, ref: str | VersionInfo) -> dict[str, Any]:
+    def show(self, ref: str | VersionInfo) -> VersionDetail:
         """Everything known about one version, as the `adapt show --json` object."""
-        with self.session() as s:
-            if isinstance(ref, VersionInfo):
-                row = s.get(AdapterVersion, ref.id)
-                if row is None:
-                    raise NotFound("version", ref.ref)
-                name = ref.name
-            else:
-                row, name = self._resolve_row(s, ref)
-            info = self._info(s, row, name)
-            tags = sorted(
-                s.execute(select(Tag.name).where(Tag.version_id == info.id)).scalars()
-            )
-            parents = [
-                {"ref": ln.parent_ref, "weight": ln.weight, "role": ln.role, "params": ln.params}
-                for ln in s.execute(
-                    select(Lineage).where(Lineage.child_id == info.id).order_by(Lineage.id)
-                ).scalars()
-            ]
-            children = [
-                {"ref": f"{n}@{v}", "role": role}
-                for n, v, role in s.execute(
-                    select(Adapter.name, AdapterVersion.version, Lineage.role)
-                    .join(AdapterVersion, AdapterVersion.id == Lineage.child_id)
-                    .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
-                    .where(Lineage.parent_id == info.id)
-                )
-            ]
-            scores = [
-                {
-                    "metric": e.metric,
-                    "dataset": e.dataset,
-                    "value": e.value,
-                    "base_fingerprint": e.base_fingerprint,
-                    "run_id": e.run_id,
-                    "created_at": e.created_at,
-                }
-                for e in s.execute(
-                    select(EvalScore).where(EvalScore.version_id == info.id).order_by(EvalScore.id)
-                ).scalars()
-            ]
-            runs = [
-                {
-                    "id": r.id,
-                    "status": r.status,
-                    "device": r.device,
-                    "base_fingerprint": r.base_fingerprint,
-                    "started_at": r.started_at,
-                    "finished_at": r.finished_at,
-                }
-                for r in s.execute(
-                    select(ValidationRun)
-                    .where(ValidationRun.version_id == info.id)
-                    .order_by(ValidationRun.id)
-                ).scalars()
-            ]
-            hub = [
-                {"repo": h.repo, "commit": h.commit, "tag": h.tag, "direction": h.direction,
-                 "at": h.at}
-                for h in s.execute(
-                    select(HubLink).where(HubLink.version_id == info.id).order_by(HubLink.id)
-                ).scalars()
-            ]
-        return {
-            "name": info.name,
-            "version": info.version,
-            "ref": info.ref,
-            "digest": info.digest,
-            "method": info.method,
-            "peft_type": info.peft_type,
-            "rank": info.rank,
-            "alpha": info.alpha,
-            "use_rslora": info.use_rslora,
-            "rank_pattern": info.rank_pattern,
-            "alpha_pattern": info.alpha_pattern,
-            "target_modules": info.target_modules,
-            "modules_to_save": info.modules_to_save,
-            "task_type": info.task_type,
-            "base_model": info.base_model,
-            "base_fingerprint": info.base_fingerprint,
-            "params": info.params,
-            "size_bytes": info.size_bytes,
-            "dtype": info.dtype,
-            "tags": tags,
-            "files": [asdict(f) for f in info.files],
-            "parents": parents,
-            "children": children,
-            "scores": scores,
-            "validation_runs": runs,
-            "hub": hub,
-            "recipe": info.recipe,
-            "source": info.source,
-            "note": info.note,
-            "created_at": info.created_at,
-        }
+        return version_rows.detail(self.catalog, ref)
+
+    def adapter_versions(self, name: str) -> list[VersionSummary]:
+        """Every version of adapter `name`, oldest first."""
+        rows = self.list_versions(name_like=name, all_versions=True)
+        return [r for r in rows if r.name == name]
+
+    def score_series(self, name: str) -> list[ScoreSeries]:
+        """Every score of adapter `name`, per metric and dataset, by version (latest wins)."""
+        series: dict[tuple[str, str | None], dict[int, float]] = {}
+        for metric, dataset, version, value in version_rows.score_series(self.catalog, name):
+            series.setdefault((metric, dataset), {})[version] = value
+        return [ScoreSeries(metric, dataset, values) for (metric, dataset), values in
+                sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))]
 
     # -- base models -------------------------------------------------------------------------
     def fingerprint(self, model_dir: str | Path) -> ModelFingerprint:
         """Fingerprint a checkpoint (cached by file stats under ADAPT_HOME/cache)."""
+        from registry.fingerprint import fingerprint_model
+
         return fingerprint_model(model_dir, cache_dir=self.settings.cache_dir)
 
     def add_base(
@@ -814,155 +355,132 @@ class Registry:
         if name is not None:
             check_name(name, "base name")
         fp = self.fingerprint(model_dir)
-        with self.session() as s:
-            row = s.execute(
-                select(BaseRow).where(BaseRow.fingerprint == fp.fingerprint)
-            ).scalar_one_or_none()
-            if row is None:
-                row = BaseRow(
-                    fingerprint=fp.fingerprint,
-                    structure=fp.structure,
-                    architecture=fp.architecture,
-                    params=fp.params,
-                    dtype=fp.dtype,
-                    kind=kind,
-                )
-            row.path = fp.path
-            if name is not None:
-                row.name = name
-            if source_version_id is not None:
-                row.source_version_id = source_version_id
-            if parent_fingerprint is not None:
-                row.parent_fingerprint = parent_fingerprint
-            if details is not None:
-                row.details = details
-            if kind != "base":
-                row.kind = kind
-            s.add(row)
-            try:
-                s.commit()
-            except DBIntegrityError:  # registered concurrently by another process
-                s.rollback()
-                row = s.execute(
-                    select(BaseRow).where(BaseRow.fingerprint == fp.fingerprint)
-                ).scalar_one()
-            return _base_info(row)
+        return base_rows.record(self.catalog, fp, name=name, kind=kind,
+                                source_version_id=source_version_id,
+                                parent_fingerprint=parent_fingerprint, details=details)
 
     def find_base(self, key: str) -> BaseInfo | None:
         """A registered model by exact fingerprint, fingerprint prefix, or name."""
-        with self.session() as s:
-            row = s.execute(select(BaseRow).where(BaseRow.fingerprint == key)).scalar_one_or_none()
-            if row is None and ":" in key and len(key) >= 8:
-                rows = s.execute(
-                    select(BaseRow).where(col(BaseRow.fingerprint).startswith(key, autoescape=True))
-                ).scalars().all()
-                row = rows[0] if len(rows) == 1 else None
-            if row is None:
-                row = s.execute(
-                    select(BaseRow).where(BaseRow.name == key).order_by(BaseRow.id.desc())
-                ).scalars().first()
-            return _base_info(row) if row is not None else None
+        return base_rows.find(self.catalog, key)
+
+    def show_base(self, key: str) -> BaseInfo:
+        """A registered model by fingerprint (or prefix) or name; NotFound if none."""
+        found = self.find_base(key)
+        if found is None:
+            raise NotFound("base model", key, "see `adapt base list`")
+        return found
+
+    def remove_base(self, key: str, *, force: bool = False) -> BaseInfo:
+        """Forget a registered model; refused (InUse) while versions reference it."""
+        return base_rows.remove(self.catalog, key, force=force)
 
     def list_bases(self, kind: str | None = None) -> list[BaseInfo]:
-        with self.session() as s:
-            q = select(BaseRow).order_by(BaseRow.kind, BaseRow.name, BaseRow.id)
-            if kind:
-                q = q.where(BaseRow.kind == kind)
-            return [_base_info(r) for r in s.execute(q).scalars()]
+        return base_rows.list_bases(self.catalog, kind)
 
-    def _base_fingerprints(self, key: str) -> list[str]:
-        with self.session() as s:
-            return list(
-                s.execute(select(BaseRow.fingerprint).where(BaseRow.name == key)).scalars()
-            )
+    def base_names(self) -> dict[str, str]:
+        """Registered base names by fingerprint."""
+        return base_rows.names(self.catalog)
+
+    # -- hub bookkeeping (the transfer itself is registry.hub) --------------------------------
+    def record_hub_link(self, version_id: int, repo: str, commit: str, tag: str | None,
+                        direction: str) -> None:
+        hub_rows.record_link(self.catalog, version_id, HubLinkRecord(repo, commit, tag, direction))
+
+    def last_hub_repo(self, name: str) -> str | None:
+        """The Hub repo adapter `name` was last pushed to or pulled from."""
+        return hub_rows.last_repo(self.catalog, name)
+
+    def versions_of(self, name: str) -> list[VersionInfo]:
+        """Every version of adapter `name`, oldest first."""
+        return [self.resolve(f"{name}@{n}") for n in hub_rows.version_numbers(self.catalog, name)]
+
+    def run_details(self, run_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Figures and gates of validation runs by id."""
+        return hub_rows.runs_by_id(self.catalog, run_ids)
+
+    def base_choices(self) -> list[BaseChoice]:
+        """Bases that registered versions point at, with how many versions each."""
+        return base_rows.choices(self.catalog)
 
     # -- maintenance -------------------------------------------------------------------------
     def gc(self, *, dry_run: bool = False, temp_grace_seconds: float = 3600) -> GcReport:
         """Remove blobs no version references, and temp files left by interrupted writes."""
-        report = GcReport()
-        with self.session() as s:
-            self._write_lock(s)
-            # the transaction holds the write lock (BEGIN IMMEDIATE on SQLite, an advisory lock
-            # on PostgreSQL), so no add commits rows for a blob while we delete it
-            referenced = set(s.execute(select(VersionFile.sha256).distinct()).scalars())
-            for sha in list(self.store):
-                if sha in referenced:
-                    continue
-                report.removed_blobs.append(sha)
-                report.removed_bytes += self.store.path(sha).stat().st_size
-                if not dry_run:
-                    self.store.remove(sha)
-            if not dry_run and report.removed_blobs:
-                for chunk in _chunks(report.removed_blobs, 500):
-                    s.execute(delete(Blob).where(Blob.sha256.in_(chunk)))
-            if not dry_run:
-                s.execute(delete(Blob).where(Blob.sha256.not_in(select(VersionFile.sha256))))
-            # a temp file may belong to a write in progress: only old ones are abandoned
-            cutoff = datetime.now() - timedelta(seconds=temp_grace_seconds)
-            for tmp in self.store.temp_files():
-                if datetime.fromtimestamp(tmp.stat().st_mtime) <= cutoff:
-                    report.removed_temp_files += 1
-                    if not dry_run:
-                        tmp.unlink(missing_ok=True)
-            s.commit()
-        return report
+        return blob_rows.gc(self.catalog, self.store, dry_run=dry_run,
+                            temp_grace_seconds=temp_grace_seconds)
 
     def fsck(self, *, verify_hashes: bool = True) -> FsckReport:
         """Every file row has its blob; every blob hashes to its name; orphans listed apart."""
-        report = FsckReport()
-        with self.session() as s:
-            rows = s.execute(
-                select(VersionFile.sha256, VersionFile.path, Adapter.name, AdapterVersion.version)
-                .join(AdapterVersion, AdapterVersion.id == VersionFile.version_id)
-                .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
-            ).all()
-            known = set(s.execute(select(Blob.sha256)).scalars())
-        referenced: set[str] = set()
-        for sha, path, name, version in rows:
-            report.checked_rows += 1
-            referenced.add(sha)
-            if not self.store.has(sha):
-                report.problems.append(f"{name}@{version}/{path}: blob {sha[:16]} is missing")
-            elif sha not in known:
-                report.problems.append(f"{name}@{version}/{path}: blob {sha[:16]} has no row")
-        for sha in self.store:
-            report.checked_blobs += 1
-            if verify_hashes:
-                actual = self.store.verify(sha)
-                if actual is not None:
-                    report.problems.append(
-                        f"blob {sha[:16]} hashes to {actual[:16]}: its bytes changed"
-                    )
-            if sha not in referenced:
-                report.orphan_blobs.append(sha)
-        return report
+        return blob_rows.fsck(self.catalog, self.store, verify_hashes=verify_hashes)
 
     # -- model ops (delegates to registry.flows.merge / quantize / compose) -------------------
+    if TYPE_CHECKING:  # the option and result types of the model-op delegates below
+        from registry.ops.diff import DiffReport
+        from registry.ops.merge import MergeResult
+        from registry.ops.merge_stream import Progress
+        from registry.ops.options import ComposeOptions, MergeOptions, QuantizeOptions
+        from registry.ops.quantize import QuantizeResult
+
+    def merge(
+        self,
+        ref: str | VersionInfo,
+        base: str | Path,
+        out: str | Path,
+        options: MergeOptions | None = None,
+        *,
+        name: str | None = None,
+        on_progress: Progress | None = None,
+    ) -> tuple[MergeResult, BaseInfo]:
+        """Merge a version into a base (directory or registered name), write the standalone
+        model to `out` and record it as a merged model named `name` (`adapt merge`)."""
+        from registry.flows.merge import merge_version
+
+        return merge_version(self, ref, base, Path(out), options, name=name,
+                             on_progress=on_progress)
+
+    def requantize(
+        self,
+        out: str | Path,
+        options: QuantizeOptions,
+        *,
+        src: str | Path | None = None,
+        adapter: str | None = None,
+        base: str | Path | None = None,
+        name: str | None = None,
+        on_progress: Progress | None = None,
+    ) -> tuple[QuantizeResult, BaseInfo]:
+        """Quantize `src`, or `adapter` merged into `base` in one pass, with bitsandbytes; record
+        the output as a quantized model named `name` (`adapt requantize`)."""
+        from registry.flows.quantize import requantize
+
+        return requantize(self, Path(out), options, src=src, adapter=adapter, base=base,
+                          name=name, on_progress=on_progress)
+
+    def compose(
+        self,
+        inputs: Sequence[tuple[str, float]],
+        options: ComposeOptions,
+        *,
+        name: str,
+        on_progress: Progress | None = None,
+    ) -> AddResult:
+        """Compose (reference, weight) LoRA versions into a new version `name`, with lineage and
+        recipe (`adapt compose`)."""
+        from registry.flows.compose import compose_versions
+
+        return compose_versions(self, inputs, options, name=name, on_progress=on_progress)
+
+    def diff(self, ref_a: str, ref_b: str) -> DiffReport:
+        """Compare two LoRA versions module by module (`adapt diff`)."""
+        from registry.flows.compose import diff_versions
+
+        return diff_versions(self, ref_a, ref_b)
+
 
     # -- validation (delegates to registry.validation) ---------------------------------------
 
     # -- extraction and conversion (delegates to registry.flows.extract) ---------------------
 
     # -- serving targets and exports (delegates to registry.flows.ship) ----------------------
-
-
-def _base_info(row: BaseRow) -> BaseInfo:
-    assert row.id is not None
-    return BaseInfo(
-        id=row.id,
-        fingerprint=row.fingerprint,
-        structure=row.structure,
-        name=row.name,
-        path=row.path,
-        architecture=row.architecture,
-        params=row.params,
-        dtype=row.dtype,
-        kind=row.kind,
-        source_version_id=row.source_version_id,
-        parent_fingerprint=row.parent_fingerprint,
-        details=row.details,
-        created_at=row.created_at,
-    )
 
 
 def derive_name(path: Path) -> str:
@@ -994,11 +512,6 @@ def check_finite_fast(adapter: AdapterDir) -> None:
                 raise NonFiniteTensor(adapter.path, name, bad)
 
 
-def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
-
-
 def _crash_point(name: str) -> None:
     """Failpoint for crash tests: ADAPT_CRASH_AT=<name> kills the process here, hard."""
     if os.environ.get("ADAPT_CRASH_AT") == name:
@@ -1007,6 +520,10 @@ def _crash_point(name: str) -> None:
 
 __all__ = [
     "AddResult",
+    "BaseChoice",
+    "ScoreSeries",
+    "VersionDetail",
+    "VersionSummary",
     "BaseInfo",
     "FileInfo",
     "FsckReport",

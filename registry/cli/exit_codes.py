@@ -17,7 +17,7 @@ class ExitCode(IntEnum):
     INVALID_INPUT = 6  # an unreadable or malformed adapter or model
     UNSUPPORTED = 7  # the method cannot do the asked operation
     CONFLICT = 8  # the target already exists
-    ENVIRONMENT = 9  # not enough disk, a missing package or device
+    ENVIRONMENT = 9  # not enough disk, a missing package or device, registry cannot be opened
     REMOTE = 10  # the Hub failed or refused (network, permission, auth)
     INTERNAL = 70  # a bug: please report it with ADAPT_DEBUG=1 output
 
@@ -34,8 +34,10 @@ EXIT_CODES: list[tuple[type[errors.AdaptError], ExitCode]] = [
     (errors.InvalidModel, ExitCode.INVALID_INPUT),
     (errors.UnsupportedMethod, ExitCode.UNSUPPORTED),
     (errors.AlreadyExists, ExitCode.CONFLICT),
+    (errors.InUse, ExitCode.CONFLICT),
     (errors.InsufficientDisk, ExitCode.ENVIRONMENT),
     (errors.MissingDependency, ExitCode.ENVIRONMENT),
+    (errors.RegistryUnavailable, ExitCode.ENVIRONMENT),
     (errors.QuantizationUnavailable, ExitCode.ENVIRONMENT),
     (errors.RemoteError, ExitCode.REMOTE),
 ]

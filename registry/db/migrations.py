@@ -10,6 +10,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Engine, inspect, text
 
 from registry.db import models
+from registry.catalog.migration_names import MIGRATION_NAMES
 
 INITIAL_TABLES = [
     models.Adapter, models.AdapterVersion, models.Blob, models.VersionFile, models.Lineage,
@@ -34,6 +35,9 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", m001_initial),
     ("002_version_listing_index", m002_version_listing_index),
 ]
+
+
+assert tuple(name for name, _ in MIGRATIONS) == MIGRATION_NAMES, "update migration_names.py"
 
 
 def pending_migrations(engine: Engine) -> list[str]:

@@ -1,0 +1,31 @@
+"""Counts of what a registry holds, for `adapt env` and bug reports."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from registry.catalog import Catalog
+
+# What `adapt env` counts: label -> table.
+COUNTED_TABLES: dict[str, str] = {
+    "adapters": "adapter",
+    "versions": "adapter_version",
+    "tags": "tag",
+    "blobs": "blob",
+    "base_models": "base_model",
+    "scores": "eval_score",
+    "validation_runs": "validation_run",
+    "hub_links": "hub_link",
+}
+
+
+def registry_counts(cat: Catalog) -> dict[str, int]:
+    """Rows per kind of record (one read transaction)."""
+    from sqlalchemy import text
+
+    counts: dict[str, int] = {}
+    with cat.read() as s:
+        for label, table in COUNTED_TABLES.items():
+            counts[label] = int(s.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+    return counts
