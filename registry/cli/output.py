@@ -1,21 +1,96 @@
-"""Output in one place: human tables on stdout, JSON for scripts, errors on stderr."""
+"""Output modes in one place: human text on stdout, JSON for scripts, errors on stderr.
+
+- `--json`: stdout holds only JSON (`print_json`); progress and notes go to stderr or nowhere.
+- `-q/--quiet` (every command): no human output and no notes; errors and JSON still print.
+- Colour only on a terminal (errors in red); none with NO_COLOR or when piped (rich decides).
+- Tables fit the terminal's width (COLUMNS, else 80 when not a terminal): `fit_table`.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.text import Text
 
 if TYPE_CHECKING:
     from registry.registry import Registry
 
 console = Console(highlight=False, soft_wrap=False)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False)  # notes and progress: silenced by --quiet
+_error_console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors: never silenced
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence human output and notes (not errors, not JSON) for the rest of the command."""
+    console.quiet = quiet
+    err_console.quiet = quiet
+
+
+def is_quiet() -> bool:
+    return console.quiet
+
+
+def print_error(message: str, *, prefix: str = "error") -> None:
+    """One line on stderr, `error:` in red on a terminal; the message is never read as markup."""
+    line = Text(f"{prefix}: ", style="bold red")
+    line.append(" ".join(message.split("\n")))
+    _error_console.print(line)
+
+
+def emit(text: str) -> None:
+    """Plain text to stdout (fast for long tables), unless --quiet."""
+    if not console.quiet:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def with_output_modes(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`func` with a `-q/--quiet` option added, for every command (see app.py)."""
+    import typer
+
+    signature = inspect.signature(func)
+    if "quiet" in signature.parameters:
+        return func
+
+    @functools.wraps(func)
+    def command(*args: Any, quiet: bool = False, **kwargs: Any) -> Any:
+        set_quiet(quiet)
+        return func(*args, **kwargs)
+
+    option = inspect.Parameter(
+        "quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+        default=typer.Option(False, "--quiet", "-q",
+                             help="Print nothing but errors (and JSON with --json)."),
+    )
+    params = [*signature.parameters.values(), option]
+    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = {**getattr(func, "__annotations__", {}), "quiet": "bool"}
+    return command
+
+
+def quiet_third_party() -> None:
+    """Hide dependencies' import-time noise (bitsandbytes kernel notices, transformers'
+    FutureWarnings and advisories) unless ADAPT_DEBUG=1. Imports none of them."""
+    if os.environ.get("ADAPT_DEBUG"):
+        return
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("bitsandbytes", "transformers", "peft", "accelerate", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def _default(value: Any) -> Any:
@@ -29,7 +104,7 @@ def _default(value: Any) -> Any:
 
 
 def print_json(data: Any) -> None:
-    """JSON to stdout, nothing else: safe to pipe."""
+    """JSON to stdout, nothing else: safe to pipe. Printed even with --quiet (it was asked for)."""
     sys.stdout.write(json.dumps(data, indent=2, default=_default, sort_keys=False) + "\n")
     sys.stdout.flush()
 
@@ -39,9 +114,27 @@ def to_jsonable(data: Any) -> Any:
 
 
 def open_registry() -> Registry:
+    """The registry at ADAPT_HOME / ADAPT_DB_URL; says where on stderr when it creates one."""
+    from registry.config import load_settings, redact_url
     from registry.registry import Registry
 
-    return Registry()
+    settings = load_settings()
+    db_file = sqlite_file(settings.db_url)
+    fresh = db_file is not None and not db_file.exists()
+    reg = Registry()
+    if fresh:
+        where = str(settings.home) if db_file == settings.home / "registry.db" else (
+            redact_url(settings.db_url))
+        err_console.print(f"created a new registry at {where} (set ADAPT_HOME to use another)",
+                          markup=False, soft_wrap=True)
+    return reg
+
+
+def sqlite_file(url: str) -> Path | None:
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1] if "///" in url else ""
+    return Path(path) if path and path != ":memory:" else None
 
 
 @contextmanager
@@ -87,6 +180,51 @@ def plain_table(headers: list[str], rows: list[list[str]]) -> str:
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def fit_table(headers: list[str], rows: list[list[str]], *, shrink: tuple[int, ...] = (),
+              width: int | None = None, min_width: int = 8) -> str:
+    """`plain_table` that fits `width` (default: the terminal's) by shortening the `shrink`
+    columns in the middle (`abc…xyz`), widest first; other columns are never cut."""
+    width = width or console.width
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    excess = sum(widths) + 2 * (len(widths) - 1) - width
+    while excess > 0:
+        candidates = [i for i in shrink if widths[i] > max(min_width, len(headers[i]))]
+        if not candidates:
+            break
+        i = max(candidates, key=lambda c: widths[c])
+        floor = max(min_width, len(headers[i]))
+        cut = min(excess, widths[i] - floor)
+        widths[i] -= cut
+        excess -= cut
+    cells = [[shorten_middle(c, widths[i]) if i in shrink else c for i, c in enumerate(r)]
+             for r in rows]
+    return plain_table(headers, cells)
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """`text` in at most `width` characters, keeping its start and its (distinguishing) end."""
+    if len(text) <= width:
+        return text
+    if width < 3:
+        return text[:width]
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def shorten_common_prefix(names: list[str]) -> tuple[str, list[str]]:
+    """The dotted prefix all `names` share, and each name without it (never the tail)."""
+    if len(names) < 2:
+        return "", list(names)
+    parts = [n.split(".") for n in names]
+    common: list[str] = []
+    for pieces in zip(*(p[:-1] for p in parts), strict=False):
+        if len(set(pieces)) != 1:
+            break
+        common.append(pieces[0])
+    prefix = ".".join(common) + "." if common else ""
+    return prefix, [n[len(prefix):] for n in names]
 
 
 def human_bytes(n: int | float | None) -> str:

@@ -41,4 +41,27 @@ def make_engine(url: str) -> Engine:
                 conn.exec_driver_sql("BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return _server_engine(url)
+
+
+def _server_engine(url: str) -> Engine:
+    """An engine for a database server; a missing driver or a bad URL is a typed error."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from registry.config import redact_url
+    from registry.errors import MissingDependency, RegistryUnavailable
+
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except ImportError as error:  # the URL names a driver that is not installed
+        package = (error.name or "the database driver").split(".")[0]
+        postgres = url.startswith(("postgresql", "postgres"))
+        raise MissingDependency(
+            package, f"use the database at {redact_url(url)}",
+            install='"adapt[postgres]"' if postgres else package,
+        ) from None
+    except (ArgumentError, NoSuchModuleError) as error:
+        raise RegistryUnavailable(
+            redact_url(url), str(error).splitlines()[0],
+            "ADAPT_DB_URL must be a SQLAlchemy URL, e.g. postgresql+psycopg://USER@HOST/DB",
+        ) from None
