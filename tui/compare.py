@@ -11,7 +11,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from tui.render import fmt_value
+from registry.errors import AdaptError
+from tui.render import fmt_value, one_line
 
 if TYPE_CHECKING:
     from registry.registry import Registry
@@ -20,6 +21,7 @@ FIELDS = ("version", "digest", "method", "peft_type", "rank", "alpha", "use_rslo
           "rank_pattern", "alpha_pattern", "target_modules", "modules_to_save", "task_type",
           "base_model", "base_fingerprint", "params", "size_bytes", "dtype", "tags",
           "created_at", "source", "note", "recipe")
+FIELD_WIDTH = 16  # "base_fingerprint"; longer labels (scores) are shortened
 
 
 def comparison_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -39,17 +41,8 @@ def _last_score(show: dict[str, Any], key: tuple[str, str | None]) -> float | No
 
 
 def diff_summary(reg: Registry, a: str, b: str) -> str:
-    """The `adapt diff` summary of two versions, or a line saying why there is none."""
-    try:
-        from registry.ops import diff as diff_ops  # type: ignore[attr-defined]  # compose issue
-    except ImportError:
-        return "Weight diff: not available in this build (registry.ops.diff is missing)."
-    summarize = getattr(diff_ops, "diff_summary", None) or getattr(diff_ops, "diff_versions", None)
-    if summarize is None:
-        return "Weight diff: registry.ops.diff has no diff_versions() to call."
-    result = summarize(reg, a, b)
-    summary = getattr(result, "summary", None)
-    return "Weight diff: " + str(summary() if callable(summary) else summary or result)
+    """The `adapt diff` summary line of two versions."""
+    return "Weight diff: " + reg.diff(a, b).summary
 
 
 class CompareScreen(Screen[None]):
@@ -60,6 +53,7 @@ class CompareScreen(Screen[None]):
     def __init__(self, registry: Registry, a: str, b: str) -> None:
         super().__init__()
         self.registry, self.a, self.b = registry, a, b
+        self.value_width = 28
 
     def compose(self) -> ComposeResult:
         yield Static(f"Compare {self.a}  ↔  {self.b}", classes="screen-title")
@@ -69,29 +63,48 @@ class CompareScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_column("", key="mark")
-        table.add_column("field", key="field")
-        table.add_column(self.a, key="a")
-        table.add_column(self.b, key="b")
-        a, b = self.registry.show(self.a), self.registry.show(self.b)
-        for name, va, vb in comparison_rows(a, b):
+        # two value columns share what the field column leaves, so both fit at 80 columns
+        self.value_width = max(12, (self.app.size.width - FIELD_WIDTH - 12) // 2)
+        table.add_column("", key="mark", width=1)
+        table.add_column("field", key="field", width=FIELD_WIDTH)
+        table.add_column(_short(self.a, self.value_width), key="a", width=self.value_width)
+        table.add_column(_short(self.b, self.value_width), key="b", width=self.value_width)
+        table.focus()
+        self._read()
+
+    @work(thread=True, group="reads")
+    def _read(self) -> None:
+        try:
+            pair: tuple[Any, Any] | Exception = (self.registry.show(self.a),
+                                                 self.registry.show(self.b))
+        except (AdaptError, OSError) as error:
+            pair = error
+        self.app.call_from_thread(self._show, pair)
+        self._diff()
+
+    def _show(self, pair: tuple[Any, Any] | Exception) -> None:
+        if not self.is_attached:
+            return
+        if isinstance(pair, Exception):
+            self.notify(one_line(pair), title="compare failed", severity="error", timeout=8)
+            self.dismiss(None)
+            return
+        table = self.query_one(DataTable)
+        for name, va, vb in comparison_rows(*pair):
             same = va == vb
             style = "" if same else "yellow"
             table.add_row(
                 "" if same else Text("≠", style="bold yellow"),
-                Text(name, style="dim" if same else "bold"),
-                Text(_short(va), style=style),
-                Text(_short(vb), style=style),
+                Text(_short(name, FIELD_WIDTH), style="dim" if same else "bold"),
+                Text(_short(va, self.value_width), style=style),
+                Text(_short(vb, self.value_width), style=style),
             )
-        table.focus()
-        self._diff()
 
-    @work(thread=True, group="diff")
     def _diff(self) -> None:
         try:
             text = diff_summary(self.registry, self.a, self.b)
         except Exception as error:  # the diff is extra: its failure must not close the screen
-            text = f"Weight diff failed: {error}"
+            text = f"Weight diff failed: {one_line(error)}"
         self.app.call_from_thread(self._show_diff, text)
 
     def _show_diff(self, text: str) -> None:

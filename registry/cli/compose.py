@@ -81,7 +81,7 @@ def compose(
 
       adapt compose -f recipe.yaml --json
     """
-    from registry.ops.compose import compose_versions
+    from registry.ops.options import ComposeOptions
 
     if recipe is not None:
         if inputs:
@@ -97,12 +97,12 @@ def compose(
         pairs = [parse_input(t) for t in inputs]
     if method is None or name is None:
         raise UsageError("--method and --name are required (or use -f recipe.yaml)")
+    options = ComposeOptions(method, rank=rank, density=density, seed=seed)
     reg = open_registry()
     try:
         with progress_bar(f"composing ({method})", None, unit="modules",
                           enabled=not json_ and err_console.is_terminal) as update:
-            res = compose_versions(reg, pairs, method, rank=rank, density=density, seed=seed,
-                                   name=name, on_progress=update)
+            res = reg.compose(pairs, options, name=name, on_progress=update)
         shown = reg.show(res.version)
     finally:
         reg.close()
@@ -138,11 +138,9 @@ def diff(
     """
     from rich.table import Table
 
-    from registry.ops.diff import diff_versions
-
     reg = open_registry()
     try:
-        report = diff_versions(reg, ref_a, ref_b)
+        report = reg.diff(ref_a, ref_b)
     finally:
         reg.close()
     if json_:

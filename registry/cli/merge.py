@@ -54,7 +54,10 @@ def merge(
     base_quantization: BaseQuantization | None = typer.Option(
         None, "--base-quantization", help="For QLoRA adapters: merge into dequant(quant(W)), "
         "the 4-bit weights the adapter was trained against (-dq: double quantization)."),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace a non-empty --out."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace a non-empty --out (never "
+                               "one that holds the base, the adapter or the registry)."),
+    name: str | None = typer.Option(None, "--name", "-n", help="Register the merged model under "
+                                    "this base name (see `adapt base list`)."),
     json_: bool = typer.Option(False, "--json", help="Print JSON for scripts instead of text."),
 ) -> None:
     """Merge an adapter into its base: a model transformers loads with no PEFT.
@@ -64,7 +67,8 @@ def merge(
     end. Provenance goes into every shard's metadata and adapt-merge.json; the output is
     recorded in the registry as a merged model (see `adapt base list`).
 
-    Exit codes: 3 unknown reference, 5 incompatible base, 7 method cannot be merged (prompt
+    Exit codes: 2 --out is, holds or lies inside the base, the adapter or the registry,
+    3 unknown reference or base, 5 incompatible base, 7 method cannot be merged (prompt
     tuning), 8 --out not empty (use --force), 9 not enough disk.
 
     Examples:
@@ -75,18 +79,17 @@ def merge(
 
       adapt merge qlora-chat --base ./llama --out ./merged --base-quantization nf4 --json
     """
-    from registry.ops.merge import merge_version, parse_size
+    from registry.io.shards import parse_size
+    from registry.ops.options import MergeOptions
 
-    size = parse_size(shard_size)
+    options = MergeOptions(
+        dtype=dtype.value if dtype else None, shard_size=parse_size(shard_size),
+        base_quantization=base_quantization.value if base_quantization else None, force=force)
     reg = open_registry()
     try:
         with progress_bar(f"merging {ref}", None,
                           enabled=not json_ and err_console.is_terminal) as update:
-            result, info = merge_version(
-                reg, ref, base, out, dtype=dtype.value if dtype else None, shard_size=size,
-                base_quantization=base_quantization.value if base_quantization else None,
-                force=force, on_progress=update,
-            )
+            result, info = reg.merge(ref, base, out, options, name=name, on_progress=update)
     finally:
         reg.close()
     if json_:

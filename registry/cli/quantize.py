@@ -60,7 +60,10 @@ def requantize(
     compensate_rank: int | None = typer.Option(None, "--compensate-rank", help="Fit a rank-R "
                                                "LoRA to each layer's rounding residual and "
                                                "save it in OUT/compensation."),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace a non-empty --out."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace a non-empty --out (never "
+                               "one that holds a source or the registry)."),
+    name: str | None = typer.Option(None, "--name", "-n", help="Register the quantized model "
+                                    "under this base name (see `adapt base list`)."),
     json_: bool = typer.Option(False, "--json", help="Print JSON for scripts instead of text."),
 ) -> None:
     """Quantize every Linear weight with bitsandbytes into a model from_pretrained loads as is.
@@ -72,8 +75,9 @@ def requantize(
     is as large as the fine-tune itself. The output is recorded as a quantized model
     (see `adapt base list`).
 
-    Exit codes: 2 bad option, 3 unknown adapter, 5 incompatible base, 6 source already
-    quantized, 8 --out not empty (use --force), 9 not enough disk or no bitsandbytes backend.
+    Exit codes: 2 bad option, or --out overlaps a source or the registry, 3 unknown adapter
+    or base, 5 incompatible base, 6 source already quantized, 8 --out not empty (use
+    --force), 9 not enough disk or no bitsandbytes backend.
 
     Examples:
 
@@ -83,19 +87,18 @@ def requantize(
 
       adapt requantize ./merged --to int8 --compensate-rank 16 --out ./merged-int8 --json
     """
-    from registry.ops.quantize import requantize_into_registry
+    from registry.ops.options import QuantizeOptions
 
-    skips = [s.strip() for s in skip_modules.split(",") if s.strip()]
+    skips = tuple(s.strip() for s in skip_modules.split(",") if s.strip())
+    options = QuantizeOptions(to=to, double_quant=double_quant,
+                              compute_dtype=compute_dtype.value, blocksize=blocksize,
+                              skip_modules=skips, compensate_rank=compensate_rank, force=force)
     reg = open_registry()
     try:
         with progress_bar(f"quantizing to {to}", None,
                           enabled=not json_ and err_console.is_terminal) as update:
-            result, info = requantize_into_registry(
-                reg, out, src_dir=src, adapter_ref=adapter, base_dir=base, to=to,
-                double_quant=double_quant, compute_dtype=compute_dtype.value,
-                blocksize=blocksize, skip_modules=skips, compensate_rank=compensate_rank,
-                force=force, on_progress=update,
-            )
+            result, info = reg.requantize(out, options, src=src, adapter=adapter, base=base,
+                                          name=name, on_progress=update)
     finally:
         reg.close()
     if json_:

@@ -29,16 +29,21 @@ from registry.ops.lora_algebra import (
     read_lora_factors,
     truncate,
 )
-from registry.peft_dir import AdapterDir, load_tensors, read_adapter_dir
+from registry.ops.options import (
+    COMPOSE_METHODS,
+    DENSE_METHODS,
+    FACTORED_METHODS,
+    ComposeOptions,
+)
+from registry.peft_dir import AdapterDir, load_tensors
 
 if TYPE_CHECKING:
     import torch
 
-    from registry.registry import AddResult, Registry
+__all__ = ["DENSE_METHODS", "FACTORED_METHODS", "METHODS", "RECIPE_SCHEMA", "ComposeOptions",
+           "ComposeResult", "combine_dense", "compose_lora"]
 
-FACTORED_METHODS = ("cat", "svd", "linear")
-DENSE_METHODS = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
-METHODS = FACTORED_METHODS + DENSE_METHODS
+METHODS = COMPOSE_METHODS
 
 RECIPE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -142,41 +147,25 @@ def combine_dense(
 
 
 # -- composition -----------------------------------------------------------------------------
-def _check_method(method: str, rank: int | None, density: float | None) -> None:
-    if method not in METHODS:
-        raise UsageError(f"unknown compose method {method!r}", f"use one of {', '.join(METHODS)}")
-    if rank is not None and rank < 1:
-        raise UsageError(f"--rank must be >= 1, got {rank}")
-    if method == "cat" and rank is not None:
-        raise UsageError("cat is exact and keeps every rank", "drop --rank or use --method svd")
-    if density is not None and not 0 < density <= 1:
-        raise UsageError(f"--density must be in (0, 1], got {density}")
-    if method in DENSE_METHODS and density is None:
-        raise UsageError(f"{method} needs --density", "e.g. --density 0.5")
-
-
 def compose_lora(
     adapters: Sequence[AdapterDir],
     weights: Sequence[float],
-    method: str,
+    options: ComposeOptions,
     *,
-    rank: int | None = None,
-    density: float | None = None,
-    seed: int | None = None,
     out_dir: Path,
     on_progress: Callable[[int, int | None], None] | None = None,
 ) -> ComposeResult:
     """Write the weighted composition of LoRA adapters to `out_dir` as a PEFT LoRA directory.
 
-    rank: output rank (svd default: the largest input rank; linear default: the sum's
-        numerical rank; dense methods default: the largest input rank). Not allowed for cat.
-    density: fraction kept by ties / dare_* / magnitude_prune.
-    seed: DARE's mask seed (default 0), so a recipe reproduces bit for bit.
+    options: method, rank (svd default: the largest input rank; linear default: the sum's
+        numerical rank; dense methods default: the largest input rank; none for cat), density
+        (fraction kept by ties / dare_* / magnitude_prune), seed (DARE's mask seed, default 0,
+        so a recipe reproduces bit for bit).
     """
     import torch
     from safetensors.torch import save_file
 
-    _check_method(method, rank, density)
+    method, rank, density, seed = options.method, options.rank, options.density, options.seed
     if not adapters:
         raise UsageError("compose needs at least one input adapter")
     if len(weights) != len(adapters):
@@ -259,55 +248,3 @@ def _config(adapters: Sequence[AdapterDir], ranks: dict[str, int]) -> dict[str, 
         "modules_to_save": None,
         "inference_mode": True,
     }
-
-
-def compose_versions(
-    reg: Registry,
-    inputs: Sequence[tuple[str, float]],
-    method: str,
-    *,
-    rank: int | None = None,
-    density: float | None = None,
-    seed: int | None = None,
-    name: str,
-    on_progress: Callable[[int, int | None], None] | None = None,
-) -> AddResult:
-    """Compose registered versions and register the result with its lineage and recipe.
-
-    inputs: (reference, weight) pairs.
-    Raises UsageError when inputs were recorded against different base models.
-    """
-    import tempfile
-
-    from registry import __version__
-    from registry.registry import ParentLink
-
-    _check_method(method, rank, density)
-    infos = [reg.resolve(ref) for ref, _ in inputs]
-    fps = {i.base_fingerprint for i in infos if i.base_fingerprint}
-    if len(fps) > 1:
-        raise UsageError(
-            "inputs were recorded against different base models: "
-            + ", ".join(f"{i.ref}={(i.base_fingerprint or '?')[:12]}" for i in infos),
-            "compose adapters of the same base",
-        )
-    adapters = [read_adapter_dir(reg.checkout(i)) for i in infos]
-    weights = [float(w) for _, w in inputs]
-    with tempfile.TemporaryDirectory(prefix="adapt-compose-") as tmp:
-        out = Path(tmp) / name
-        compose_lora(adapters, weights, method, rank=rank, density=density, seed=seed,
-                     out_dir=out, on_progress=on_progress)
-        recipe = {
-            "method": method,
-            "inputs": [{"ref": i.ref, "weight": w, "digest": i.digest}
-                       for i, w in zip(infos, weights, strict=True)],
-            "rank": rank,
-            "density": density,
-            "seed": seed if seed is not None or not method.startswith("dare") else 0,
-            "adapt_version": __version__,
-        }
-        parents = [ParentLink(i.ref, w, role="compose-input", params={"digest": i.digest})
-                   for i, w in zip(infos, weights, strict=True)]
-        return reg.add(out, name=name, parents=parents, recipe=recipe,
-                       base_fingerprint=fps.pop() if fps else None,
-                       source=f"compose:{method}")

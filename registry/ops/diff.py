@@ -7,7 +7,7 @@ core); only the sign-conflict fraction needs the dense delta, one module at a ti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from registry.ops.lora_algebra import (
     LoraFactors,
@@ -17,10 +17,7 @@ from registry.ops.lora_algebra import (
     read_lora_factors,
     singular_values,
 )
-from registry.peft_dir import AdapterDir, load_tensors, read_adapter_dir
-
-if TYPE_CHECKING:
-    from registry.registry import Registry
+from registry.peft_dir import AdapterDir, load_tensors
 
 
 def _module_stats(fa: LoraFactors, fb: LoraFactors) -> dict[str, Any]:
@@ -89,10 +86,3 @@ class DiffReport:
     def to_dict(self) -> dict[str, Any]:
         return {"a": self.ref_a, "b": self.ref_b, "summary": self.stats, "text": self.summary,
                 "modules": self.modules}
-
-
-def diff_versions(reg: Registry, ref_a: str, ref_b: str) -> DiffReport:
-    """Compare two registered versions (checked out, verified)."""
-    ia, ib = reg.resolve(ref_a), reg.resolve(ref_b)
-    result = diff_adapters(read_adapter_dir(reg.checkout(ia)), read_adapter_dir(reg.checkout(ib)))
-    return DiffReport(ia.ref, ib.ref, result["modules"], result["summary"])

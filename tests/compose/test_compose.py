@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from registry.ops.compose import combine_dense, compose_lora
+from registry.ops.options import ComposeOptions
 from registry.peft_dir import read_adapter_dir
 
 
@@ -48,7 +49,7 @@ def test_cat_equals_weighted_sum_of_peft_deltas_with_negative_weight(
     tmp_path, tiny_base, tiny_lora, tiny_lora_r8, deltas
 ):
     adapters = [read_adapter_dir(tiny_lora), read_adapter_dir(tiny_lora_r8)]
-    res = compose_lora(adapters, [0.7, -1.3], "cat", out_dir=tmp_path / "cat")
+    res = compose_lora(adapters, [0.7, -1.3], ComposeOptions("cat"), out_dir=tmp_path / "cat")
     got = peft_deltas(tiny_base, tmp_path / "cat")
     want = weighted_sum(*deltas, 0.7, -1.3)
     assert sorted(got) == sorted(want)
@@ -61,7 +62,7 @@ def test_cat_equals_weighted_sum_of_peft_deltas_with_negative_weight(
 def test_svd_equals_dense_truncated_svd_of_the_sum(tmp_path, tiny_base, tiny_lora,
                                                    tiny_lora_r8, deltas):
     adapters = [read_adapter_dir(tiny_lora), read_adapter_dir(tiny_lora_r8)]
-    compose_lora(adapters, [1.0, 0.5], "svd", rank=6, out_dir=tmp_path / "svd")
+    compose_lora(adapters, [1.0, 0.5], ComposeOptions("svd", rank=6), out_dir=tmp_path / "svd")
     got = peft_deltas(tiny_base, tmp_path / "svd")
     for m, full in weighted_sum(*deltas, 1.0, 0.5).items():
         u, s, vh = torch.linalg.svd(full.double(), full_matrices=False)
@@ -71,7 +72,7 @@ def test_svd_equals_dense_truncated_svd_of_the_sum(tmp_path, tiny_base, tiny_lor
 
 def test_linear_without_rank_is_exact(tmp_path, tiny_base, tiny_lora, tiny_lora_r8, deltas):
     adapters = [read_adapter_dir(tiny_lora), read_adapter_dir(tiny_lora_r8)]
-    compose_lora(adapters, [1.0, 1.0], "linear", out_dir=tmp_path / "lin")
+    compose_lora(adapters, [1.0, 1.0], ComposeOptions("linear"), out_dir=tmp_path / "lin")
     got = peft_deltas(tiny_base, tmp_path / "lin")
     for m, full in weighted_sum(*deltas, 1.0, 1.0).items():
         assert rel(got[m], full) < 1e-5, m
@@ -96,7 +97,8 @@ def test_dare_is_reproducible_from_seed(tmp_path, tiny_lora, tiny_lora_r8):
 
     adapters = [read_adapter_dir(tiny_lora), read_adapter_dir(tiny_lora_r8)]
     for d in ("a", "b"):
-        compose_lora(adapters, [1.0, 1.0], "dare_ties", density=0.5, seed=7, out_dir=tmp_path / d)
+        compose_lora(adapters, [1.0, 1.0], ComposeOptions("dare_ties", density=0.5, seed=7),
+                     out_dir=tmp_path / d)
     a = load_file(tmp_path / "a" / "adapter_model.safetensors")
     b = load_file(tmp_path / "b" / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -111,7 +113,8 @@ def test_composed_adapter_merged_logits_match_adapt_merge(tmp_path, tiny_base, t
 
     adapters = [read_adapter_dir(tiny_lora), read_adapter_dir(tiny_lora_r8)]
     comp = tmp_path / "comp"
-    compose_lora(adapters, [1.0, -0.5], "ties", density=0.6, rank=8, out_dir=comp)
+    compose_lora(adapters, [1.0, -0.5], ComposeOptions("ties", density=0.6, rank=8),
+                 out_dir=comp)
     merge_adapter_into_base(comp, tiny_base, tmp_path / "merged")
     ids = torch.tensor([[1, 5, 9, 13, 2]])
     peft_model = PeftModel.from_pretrained(
@@ -130,8 +133,8 @@ def test_cat_handles_rslora_and_rank_alpha_patterns(tmp_path, tiny_base, tiny_lo
     rs = make_lora(tiny_base, tmp_path / "rs", r=6, alpha=12, seed=5, use_rslora=True,
                    targets=["q_proj", "v_proj", "up_proj"],
                    rank_pattern={"up_proj": 3}, alpha_pattern={"v_proj": 4})
-    compose_lora([read_adapter_dir(tiny_lora), read_adapter_dir(rs)], [1.0, 2.0], "cat",
-                 out_dir=tmp_path / "cat")
+    compose_lora([read_adapter_dir(tiny_lora), read_adapter_dir(rs)], [1.0, 2.0],
+                 ComposeOptions("cat"), out_dir=tmp_path / "cat")
     got = peft_deltas(tiny_base, tmp_path / "cat")
     want = weighted_sum(peft_deltas(tiny_base, tiny_lora), peft_deltas(tiny_base, rs), 1.0, 2.0)
     assert sorted(got) == sorted(want)
@@ -149,5 +152,5 @@ def test_ia3_input_is_refused(tmp_path, tiny_base, tiny_lora):
                        IA3Config(target_modules=["k_proj", "down_proj"],
                                  feedforward_modules=["down_proj"], init_ia3_weights=False))
     with pytest.raises(UnsupportedMethod, match="IA3"):
-        compose_lora([read_adapter_dir(tiny_lora), read_adapter_dir(ia3)], [1, 1], "cat",
-                     out_dir=tmp_path / "out")
+        compose_lora([read_adapter_dir(tiny_lora), read_adapter_dir(ia3)], [1, 1],
+                     ComposeOptions("cat"), out_dir=tmp_path / "out")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from registry.ops.compose import compose_versions
-from registry.ops.diff import diff_adapters, diff_versions
+from registry.ops.diff import diff_adapters
+from registry.ops.options import ComposeOptions
 from registry.peft_dir import read_adapter_dir
 from tests.cli import run_adapt
 from tests.factories import make_lora
@@ -34,7 +34,7 @@ def negated(src: Path, dst: Path) -> Path:
 
 def test_compose_records_lineage_and_recipe(registry, two):
     a, b = two
-    res = compose_versions(registry, [(a.ref, 1.0), (b.ref, -0.5)], "svd", rank=6, name="mix")
+    res = registry.compose([(a.ref, 1.0), (b.ref, -0.5)], ComposeOptions("svd", rank=6), name="mix")
     shown = registry.show(res.version)
     assert [(p["ref"], p["weight"], p["role"]) for p in shown["parents"]] == [
         (a.ref, 1.0, "compose-input"), (b.ref, -0.5, "compose-input")]
@@ -54,7 +54,7 @@ def test_compose_refuses_inputs_of_different_bases(registry, tiny_lora, tiny_lor
     wide = make_lora(other_base, tmp_path / "wide")
     b = registry.add(wide, name="b", base=other_base).version
     with pytest.raises(UsageError, match="different base"):
-        compose_versions(registry, [(a.ref, 1.0), (b.ref, 1.0)], "cat", name="bad")
+        registry.compose([(a.ref, 1.0), (b.ref, 1.0)], ComposeOptions("cat"), name="bad")
 
 
 def test_diff_of_adapter_with_itself_and_its_negation(tiny_lora, tmp_path):
@@ -74,7 +74,7 @@ def test_diff_of_adapter_with_itself_and_its_negation(tiny_lora, tmp_path):
 
 def test_diff_versions_summary_lists_one_sided_modules(registry, two):
     a, b = two
-    report = diff_versions(registry, a.ref, b.ref)
+    report = registry.diff(a.ref, b.ref)
     assert report.stats["modules_compared"] == 4
     assert len(report.stats["only_in_b"]) == 4  # k_proj and o_proj in both layers
     assert "4 modules" in report.summary
@@ -122,7 +122,7 @@ def test_cli_compose_refuses_dora_with_exit_7(capsys, registry, tiny_base, tmp_p
 
 def test_single_input_scaling_doubles_the_delta(registry, two):
     a, _ = two
-    res = compose_versions(registry, [(a.ref, 2.0)], "linear", name="double")
+    res = registry.compose([(a.ref, 2.0)], ComposeOptions("linear"), name="double")
     out = read_adapter_dir(registry.checkout(res.version))
     s = diff_adapters(read_adapter_dir(registry.checkout(a)), out)
     for m in s["modules"].values():

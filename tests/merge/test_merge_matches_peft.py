@@ -9,6 +9,7 @@ import pytest
 
 from registry.errors import IncompatibleBase
 from registry.ops.merge import iter_merged_tensors, merge_adapter_into_base
+from registry.ops.options import MergeOptions
 from tests.merge.conftest import ADAPTERS
 
 # float32 throughout: the merge formulas are the same as PEFT's, so only summation order can
@@ -118,8 +119,8 @@ def test_reshards_to_shard_size_and_casts_dtype(build_case, tmp_path: Path) -> N
 
     case = build_case("lora")
     out = tmp_path / "merged"
-    result = merge_adapter_into_base(case.adapter, case.base, out, dtype="bf16",
-                                     shard_size=60_000)
+    result = merge_adapter_into_base(case.adapter, case.base, out,
+                                     MergeOptions(dtype="bf16", shard_size=60_000))
     assert len(result.files) > 1
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert sorted(set(index["weight_map"].values())) == sorted(result.files)
@@ -174,7 +175,7 @@ def test_qlora_merges_into_dequantized_nf4_weights(build_case, tmp_path: Path) -
         ref_logits = peft_model(ids).logits
 
     out = tmp_path / "merged"
-    merge_adapter_into_base(case.adapter, case.base, out, base_quantization="nf4")
+    merge_adapter_into_base(case.adapter, case.base, out, MergeOptions(base_quantization="nf4"))
     ours = _load_dir(out)
     got = ours["model.layers.0.self_attn.q_proj.weight"]
     assert (got - expected).abs().max() <= STATE_RTOL * expected.abs().max()

@@ -15,7 +15,9 @@ from registry.errors import (
     UnsupportedMethod,
     UsageError,
 )
-from registry.ops.merge import MERGE_RECORD, merge_adapter_into_base, merge_version, parse_size
+from registry.io.shards import parse_size
+from registry.ops.merge import MERGE_RECORD, merge_adapter_into_base
+from registry.ops.options import MergeOptions
 from tests.cli import run_adapt
 
 
@@ -58,7 +60,7 @@ def test_non_empty_out_is_refused_unless_forced(tiny_lora: Path, tiny_base: Path
     with pytest.raises(AlreadyExists, match="--force"):
         merge_adapter_into_base(tiny_lora, tiny_base, out)
     assert (out / "keep.txt").read_text() == "mine"
-    merge_adapter_into_base(tiny_lora, tiny_base, out, force=True)
+    merge_adapter_into_base(tiny_lora, tiny_base, out, MergeOptions(force=True))
     assert not (out / "keep.txt").exists()
     assert (out / "model.safetensors").is_file() and (out / MERGE_RECORD).is_file()
     assert _leftovers(tmp_path) == []
@@ -73,7 +75,7 @@ def test_empty_out_dir_is_used(tiny_lora: Path, tiny_base: Path, tmp_path: Path)
 
 def test_out_dir_cannot_be_the_base(tiny_lora: Path, tiny_base: Path) -> None:
     with pytest.raises(UsageError, match="base model"):
-        merge_adapter_into_base(tiny_lora, tiny_base, tiny_base, force=True)
+        merge_adapter_into_base(tiny_lora, tiny_base, tiny_base, MergeOptions(force=True))
 
 
 def test_failed_merge_leaves_no_partial_output(tiny_lora: Path, tiny_base: Path,
@@ -100,7 +102,8 @@ def test_failed_forced_merge_keeps_the_previous_output(tiny_lora: Path, tiny_bas
         raise OSError("disk went away")
 
     with pytest.raises(OSError):
-        merge_adapter_into_base(tiny_lora, tiny_base, out, force=True, on_progress=fail)
+        merge_adapter_into_base(tiny_lora, tiny_base, out, MergeOptions(force=True),
+                                on_progress=fail)
     assert (out / "model.safetensors").read_bytes() == before
     assert _leftovers(tmp_path) == []
 
@@ -108,15 +111,13 @@ def test_failed_forced_merge_keeps_the_previous_output(tiny_lora: Path, tiny_bas
 def test_not_enough_disk_is_refused_before_writing(tiny_lora: Path, tiny_base: Path,
                                                   tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import registry.ops.merge as merge_module
-
     real = shutil.disk_usage
 
     def nearly_full(path: str | Path):
         usage = real(path)
         return usage._replace(free=1_000_000)
 
-    monkeypatch.setattr(merge_module.shutil, "disk_usage", nearly_full)
+    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
     with pytest.raises(InsufficientDisk, match="need"):
         merge_adapter_into_base(tiny_lora, tiny_base, tmp_path / "out")
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
@@ -128,7 +129,7 @@ def test_provenance_in_every_shard_and_merge_record(registry, tiny_lora: Path, t
 
     version = registry.add(tiny_lora, name="prov-lora", base=tiny_base).version
     out = tmp_path / "merged"
-    result, _ = merge_version(registry, "prov-lora", tiny_base, out, shard_size=100_000)
+    result, _ = registry.merge("prov-lora", tiny_base, out, MergeOptions(shard_size=100_000))
     assert len(result.files) > 1
     base_fp = registry.fingerprint(tiny_base).fingerprint
     for name in result.files:
@@ -148,7 +149,7 @@ def test_merge_is_recorded_with_lineage(registry, tiny_lora: Path, tiny_base: Pa
                                         tmp_path: Path) -> None:
     version = registry.add(tiny_lora, name="rec-lora", base=tiny_base).version
     out = tmp_path / "merged"
-    result, info = merge_version(registry, "rec-lora@1", tiny_base, out, dtype="bf16")
+    result, info = registry.merge("rec-lora@1", tiny_base, out, MergeOptions(dtype="bf16"))
     assert info.kind == "merged"
     assert info.source_version_id == version.id
     assert info.parent_fingerprint == registry.fingerprint(tiny_base).fingerprint

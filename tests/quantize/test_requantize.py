@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from registry.ops.options import QuantizeOptions
 from registry.ops.quantize import QUANT_RECORD, requantize_merged, requantize_model
 
 # Same bitsandbytes kernels on the same weights: the logits agree to float rounding. They came
@@ -48,7 +49,7 @@ def test_requantized_model_loads_as_is_and_matches_transformers_bnb(
     import torch
 
     out = tmp_path / "q"
-    requantize_model(merged_dir, out, to=to, double_quant=double_quant)
+    requantize_model(merged_dir, out, QuantizeOptions(to=to, double_quant=double_quant))
     ours = _load(out)  # no arguments: config.json says how
     layer = ours.model.layers[0].mlp.down_proj
     assert isinstance(layer, bnb.nn.Linear8bitLt if to == "int8" else bnb.nn.Linear4bit)
@@ -76,7 +77,7 @@ def test_reported_layer_errors_equal_an_independent_recomputation(
     from safetensors.torch import load_file
 
     out = tmp_path / "q"
-    result = requantize_merged(all_linear_lora, tiny_base, out, to=to)
+    result = requantize_merged(all_linear_lora, tiny_base, out, QuantizeOptions(to=to))
     record = json.loads((out / QUANT_RECORD).read_text())
     assert len(record["layers"]) == len(result.layers) == 14  # 7 Linear x 2 layers, no lm_head
     merged = load_file(merged_dir / "model.safetensors")
@@ -100,9 +101,9 @@ def test_one_pass_adapter_requantize_equals_merge_then_requantize(
 ) -> None:
     from safetensors.torch import load_file
 
-    one = requantize_merged(all_linear_lora, tiny_base, tmp_path / "one", to="nf4",
-                            double_quant=True)
-    two = requantize_model(merged_dir, tmp_path / "two", to="nf4", double_quant=True)
+    options = QuantizeOptions(to="nf4", double_quant=True)
+    one = requantize_merged(all_linear_lora, tiny_base, tmp_path / "one", options)
+    two = requantize_model(merged_dir, tmp_path / "two", options)
     a = load_file(tmp_path / "one" / "model.safetensors")
     b = load_file(tmp_path / "two" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -119,8 +120,8 @@ def test_compensation_adapter_brings_the_quantized_model_closer_to_the_merge(
     from peft import PeftModel
 
     out = tmp_path / "q"
-    result = requantize_merged(all_linear_lora, tiny_base, out, to="nf4", compute_dtype="fp32",
-                               compensate_rank=8)
+    result = requantize_merged(all_linear_lora, tiny_base, out,
+                               QuantizeOptions(to="nf4", compute_dtype="fp32", compensate_rank=8))
     comp = out / "compensation"
     config = json.loads((comp / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["peft_type"]) == (8, 8, "LORA")
@@ -146,7 +147,8 @@ def test_sharded_output_with_extra_skipped_modules_loads_like_transformers(
 
     out = tmp_path / "q"
     skips = ["lm_head", "mlp.down_proj"]
-    result = requantize_model(merged_dir, out, to="nf4", skip_modules=skips, shard_size=60_000)
+    result = requantize_model(merged_dir, out,
+                              QuantizeOptions(to="nf4", skip_modules=skips, shard_size=60_000))
     assert len(result.files) > 1 and (out / "model.safetensors.index.json").is_file()
     assert len(result.layers) == 12
     config = json.loads((out / "config.json").read_text())

@@ -1,0 +1,69 @@
+"""`adapt compose` and `adapt diff` over registered versions: resolve, check out, record."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from registry.errors import UsageError
+from registry.ops.compose import compose_lora
+from registry.ops.diff import DiffReport, diff_adapters
+from registry.ops.options import ComposeOptions
+from registry.peft_dir import read_adapter_dir
+
+if TYPE_CHECKING:
+    from registry.registry import AddResult, Registry
+
+
+def compose_versions(
+    reg: Registry,
+    inputs: Sequence[tuple[str, float]],
+    options: ComposeOptions,
+    *,
+    name: str,
+    on_progress: Callable[[int, int | None], None] | None = None,
+) -> AddResult:
+    """Compose registered versions and register the result with its lineage and recipe.
+
+    inputs: (reference, weight) pairs.
+    Raises UsageError when inputs were recorded against different base models.
+    """
+    from registry import __version__
+    from registry.registry import ParentLink
+
+    infos = [reg.resolve(ref) for ref, _ in inputs]
+    fps = {i.base_fingerprint for i in infos if i.base_fingerprint}
+    if len(fps) > 1:
+        raise UsageError(
+            "inputs were recorded against different base models: "
+            + ", ".join(f"{i.ref}={(i.base_fingerprint or '?')[:12]}" for i in infos),
+            "compose adapters of the same base",
+        )
+    adapters = [read_adapter_dir(reg.checkout(i)) for i in infos]
+    weights = [float(w) for _, w in inputs]
+    with tempfile.TemporaryDirectory(prefix="adapt-compose-") as tmp:
+        out = Path(tmp) / name
+        compose_lora(adapters, weights, options, out_dir=out, on_progress=on_progress)
+        recipe = {
+            "method": options.method,
+            "inputs": [{"ref": i.ref, "weight": w, "digest": i.digest}
+                       for i, w in zip(infos, weights, strict=True)],
+            "rank": options.rank,
+            "density": options.density,
+            "seed": options.recorded_seed,
+            "adapt_version": __version__,
+        }
+        parents = [ParentLink(i.ref, w, role="compose-input", params={"digest": i.digest})
+                   for i, w in zip(infos, weights, strict=True)]
+        return reg.add(out, name=name, parents=parents, recipe=recipe,
+                       base_fingerprint=fps.pop() if fps else None,
+                       source=f"compose:{options.method}")
+
+
+def diff_versions(reg: Registry, ref_a: str, ref_b: str) -> DiffReport:
+    """Compare two registered versions (checked out, verified)."""
+    ia, ib = reg.resolve(ref_a), reg.resolve(ref_b)
+    result = diff_adapters(read_adapter_dir(reg.checkout(ia)), read_adapter_dir(reg.checkout(ib)))
+    return DiffReport(ia.ref, ib.ref, result["modules"], result["summary"])
