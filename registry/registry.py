@@ -477,6 +477,31 @@ class Registry:
 
 
     # -- validation (delegates to registry.validation) ---------------------------------------
+    if TYPE_CHECKING:  # the option and result types of the validation delegates below
+        from registry.catalog.runs import RunRecord
+        from registry.validation.options import ValidationOptions
+        from registry.validation.results import ValidationReport
+        from registry.validation.run import Progress as ValidationProgress
+
+    def validate(self, ref: str | VersionInfo, options: ValidationOptions, *,
+                 on_progress: ValidationProgress | None = None) -> ValidationReport:
+        """Run the registered checks on a version, evaluate the gates, store the run with its
+        scores (`adapt validate`). A failed check or gate does not raise: see
+        `report.raise_for_status()`."""
+        from registry.validation.run import run_validation
+
+        return run_validation(self, ref, options, on_progress)
+
+    def runs(self, ref: str | VersionInfo, limit: int | None = None) -> list[RunRecord]:
+        """The validation runs of a version, newest first (`adapt runs`)."""
+        return self.validation_runs(self.resolve(ref).id, limit)
+
+    def validation_runs(self, version_id: int, limit: int | None = None) -> list[RunRecord]:
+        """The validation runs of a version by id, newest first, with per-gate status and
+        measured values."""
+        from registry.catalog.runs import list_runs
+
+        return list_runs(self.catalog, version_id, limit)
 
     # -- extraction and conversion (delegates to registry.flows.extract) ---------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -74,14 +74,15 @@ def validate(
 
       adapt validate sql-lora --base ./llama --spec gates.yaml --device cuda --json
     """
-    from registry.validation import validate_version
+    from registry.validation import ValidationOptions
 
+    options = ValidationOptions.build(base, merged=merged, quantized=quantized, data=data,
+                                      device=device, dtype=dtype, gates=gate, spec=spec,
+                                      max_samples=max_samples)
     reg = open_registry()
     with progress_bar(f"validating {ref}", None, unit="steps",
                       enabled=not json_ and err_console.is_terminal) as update:
-        report = validate_version(reg, ref, base, merged_dir=merged, quantized_dir=quantized,
-                                  data=data, device=device, dtype=dtype, gates=gate, spec=spec,
-                                  max_samples=max_samples, on_progress=update)
+        report = reg.validate(ref, options, on_progress=update)
     if json_:
         print_json(report.to_dict())
     else:
@@ -139,12 +140,10 @@ def runs(
 
       adapt runs sql-lora@3 --json --limit 0
     """
-    from registry.validation import list_runs
-
     reg = open_registry()
-    rows = list_runs(reg, ref, limit=limit or None)
+    rows = reg.runs(ref, limit=limit or None)
     if json_:
-        print_json(to_jsonable(rows))
+        print_json(to_jsonable([r.to_dict() for r in rows]))
         return
     if not rows:
         err_console.print(f"no validation runs for {ref} yet: run `adapt validate {ref} "
@@ -156,15 +155,15 @@ def runs(
     for col in ("RUN", "STATUS", "STARTED", "DEVICE", "BASE", "PPL", "PARITY", "TOK/S", "GATES"):
         table.add_column(col, no_wrap=True)
     for r in rows:
-        fig: dict[str, Any] = r["figures"]
-        gates = r["gates"]
-        passed = sum(g["status"] == "passed" for g in gates)
+        fig = r.figures
+        gates = r.gates
+        passed = sum(g.passed for g in gates)
         table.add_row(
-            str(r["run_id"]),
-            f"[{_STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]",
-            r["started_at"].strftime("%m-%d %H:%M"),
-            r["device"].split(":", 1)[0],
-            short_fp(r["base_fingerprint"], 6),
+            str(r.id),
+            f"[{_STATUS_STYLE.get(r.status, '')}]{r.status}[/]",
+            r.started_at.strftime("%m-%d %H:%M") if r.started_at else "-",
+            r.device.split(":", 1)[0],
+            short_fp(r.base_fingerprint, 6),
             _num(fig.get("ppl")),
             _num(fig.get("parity_max_abs"), ".1e"),
             _num(fig.get("tokens_per_s"), ",.0f"),

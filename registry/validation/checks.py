@@ -1,11 +1,14 @@
-"""The checks that need no model loaded: integrity, compatibility (headers only), health."""
+"""The checks that need no model loaded: integrity, compatibility (headers only), health.
+
+Each is a pure function over files and figures (`check_integrity`, `check_compatibility`,
+`check_health`), registered as a check by a small `run(ctx)` wrapper below.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import statistics
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,27 +16,54 @@ from registry.checkpoint import Checkpoint
 from registry.compat import check_compatible
 from registry.errors import IntegrityError, NonFiniteTensor
 from registry.hashing import CHUNK
-from registry.peft_dir import PROMPT_METHODS, AdapterDir
+from registry.peft_dir import PROMPT_METHODS, AdapterDir, read_adapter_dir
+from registry.validation.context import ValidationContext, register_check
+from registry.validation.results import CheckResult
 
 if TYPE_CHECKING:
     import torch
 
-    from registry.registry import Registry, VersionInfo
+    from registry.registry import FileInfo
 
 
-@dataclass
-class CheckResult:
-    """One check's outcome. status: passed | warn | failed | error | skipped."""
+@register_check("integrity")
+def integrity(ctx: ValidationContext) -> CheckResult:
+    """Hash every file of the version, in the store and in the checkout that gets loaded."""
+    checkout = None
+    try:
+        checkout = ctx.reg.checkout(ctx.info)
+    except IntegrityError:
+        pass  # reported below, file by file
+    result = check_integrity(ctx.info.ref, ctx.info.files, ctx.reg.store.path, checkout,
+                             ctx.figures)
+    ctx.adapter_dir = checkout
+    return result
 
-    name: str
-    status: str
-    summary: str
-    details: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "summary": self.summary,
-                "details": self.details, "seconds": round(self.seconds, 4)}
+@register_check("compatibility")
+def compatibility(ctx: ValidationContext) -> CheckResult:
+    """Shapes against the base's headers, then the base fingerprint against the recorded one."""
+    assert ctx.adapter_dir is not None, "integrity runs first"
+    ctx.adapter = read_adapter_dir(ctx.adapter_dir)
+
+    def fingerprint_base() -> tuple[str, str]:
+        fp = ctx.reg.fingerprint(ctx.base)
+        ctx.fingerprint, ctx.structure = fp.fingerprint, fp.structure
+        return fp.fingerprint, fp.structure
+
+    def recorded_structure(fingerprint: str) -> str | None:
+        known = ctx.reg.find_base(fingerprint)
+        return known.structure if known is not None else None
+
+    return check_compatibility(ctx.adapter, ctx.ckpt, fingerprint_base,
+                               ctx.info.base_fingerprint, recorded_structure, ctx.figures)
+
+
+@register_check("health")
+def health(ctx: ValidationContext) -> CheckResult:
+    """NaN/Inf in the adapter's tensors, and the norm of each module's delta weight."""
+    _, adapter = ctx.require_adapter()
+    return check_health(adapter, ctx.ckpt, ctx.figures, ctx.options.outlier_factor)
 
 
 def _sha256_file(path: Path) -> str:
@@ -44,15 +74,16 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_integrity(reg: Registry, info: VersionInfo, checkout: Path | None,
-                    figures: dict[str, float | None]) -> CheckResult:
-    """Every file of the version: its store blob, and the checked-out copy that gets loaded.
+def check_integrity(ref: str, files: Sequence[FileInfo], blob_path: Callable[[str], Path],
+                    checkout: Path | None, figures: dict[str, float | None]) -> CheckResult:
+    """Every file of version `ref`: its store blob, and the checked-out copy that gets loaded.
 
+    blob_path: sha256 -> the blob's path in the store.
     Raises IntegrityError naming the first bad file, after recording the figures.
     """
     bad: list[dict[str, str | None]] = []
-    for f in info.files:
-        blob = reg.store.path(f.sha256)
+    for f in files:
+        blob = blob_path(f.sha256)
         actual = _sha256_file(blob) if blob.is_file() else None
         if actual != f.sha256:
             bad.append({"file": f.path, "where": "store", "expected": f.sha256,
@@ -63,15 +94,15 @@ def check_integrity(reg: Registry, info: VersionInfo, checkout: Path | None,
             if got != f.sha256:
                 bad.append({"file": f.path, "where": "checkout", "expected": f.sha256,
                             "actual": got or "missing file"})
-    figures["files_checked"] = len(info.files)
+    figures["files_checked"] = len(files)
     figures["files_bad"] = len({b["file"] for b in bad})
     if bad:
         first = bad[0]
-        raise IntegrityError(f"{info.ref}/{first['file']} ({first['where']})",
+        raise IntegrityError(f"{ref}/{first['file']} ({first['where']})",
                              first["expected"], first["actual"])
     return CheckResult("integrity", "passed",
-                       f"{len(info.files)} files match their recorded sha256",
-                       {"files": [{"path": f.path, "sha256": f.sha256} for f in info.files]})
+                       f"{len(files)} files match their recorded sha256",
+                       {"files": [{"path": f.path, "sha256": f.sha256} for f in files]})
 
 
 def check_compatibility(adapter: AdapterDir, ckpt: Checkpoint,

@@ -20,7 +20,7 @@ from registry.errors import (
     UsageError,
 )
 from registry.schemas import validate as validate_schema
-from registry.validation import PerfSettings, list_runs, validate_version
+from registry.validation import PerfSettings, ValidationOptions
 from registry.validation.evaldata import DEFAULT_DATA, load_texts
 
 # a small forward pass keeps each run well under a second on the tiny model
@@ -31,9 +31,13 @@ DEVICE = os.environ.get("ADAPT_TEST_DEVICE", "cpu")
 
 
 def validate(reg, ref: str, base: Path, **kwargs):
-    """validate_version on the test device, in float32, with the small forward pass."""
+    """Registry.validate on the test device, in float32, with the small forward pass.
+
+    kwargs: ValidationOptions.build's (merged, quantized, data, gates, spec, max_samples, perf).
+    """
     kwargs.setdefault("perf", FAST)
-    return validate_version(reg, ref, base, device=DEVICE, dtype="float32", **kwargs)
+    options = ValidationOptions.build(base, device=DEVICE, dtype="float32", **kwargs)
+    return reg.validate(ref, options)
 
 
 def _add(reg, path: Path, base: Path, name: str = "lora", **kwargs) -> str:
@@ -82,7 +86,7 @@ def test_quality_matches_a_plain_peft_forward(registry, tiny_base, tiny_lora):
 
 def test_parity_is_near_zero_for_an_exact_merge(registry, tiny_base, tiny_lora, merged_exact):
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate(registry, ref, tiny_base, merged_dir=merged_exact,
+    report = validate(registry, ref, tiny_base, merged=merged_exact,
                               gates=["parity_max_abs < 1e-4"])
     assert report.figures["parity_max_abs"] < 1e-4  # float32 rounding only
     assert report.status == "passed"
@@ -91,7 +95,7 @@ def test_parity_is_near_zero_for_an_exact_merge(registry, tiny_base, tiny_lora, 
 def test_parity_is_clearly_nonzero_for_a_wrong_merge(registry, tiny_base, tiny_lora,
                                                      merged_wrong_scale):
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate(registry, ref, tiny_base, merged_dir=merged_wrong_scale,
+    report = validate(registry, ref, tiny_base, merged=merged_wrong_scale,
                               gates=["parity_max_abs < 1e-3"])
     assert report.figures["parity_max_abs"] > 0.05
     assert report.figures["parity_mean_abs"] > 1e-3
@@ -111,8 +115,8 @@ def test_on_the_fly_merge_matches_unmerged(registry, tiny_base, tiny_lora_r8):
 def test_quantized_model_kl_divergence_is_measured(registry, tiny_base, tiny_lora, merged_exact,
                                                    quantized_nf4):
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate(registry, ref, tiny_base, merged_dir=merged_exact,
-                              quantized_dir=quantized_nf4, max_samples=4,
+    report = validate(registry, ref, tiny_base, merged=merged_exact,
+                              quantized=quantized_nf4, max_samples=4,
                               gates=["kl_quant < 1.0", "quant_top1_agree > 0.3"])
     kl = report.figures["kl_quant"]
     assert kl is not None and 0 < kl < 1.0  # NF4 loses a little, not everything
@@ -124,7 +128,7 @@ def test_gate_on_quantized_figure_without_quantized_model_is_usage_error(
     ref = _add(registry, tiny_lora, tiny_base)
     with pytest.raises(UsageError, match="--quantized"):
         validate(registry, ref, tiny_base, gates=["kl_quant < 0.05"])
-    with registry.session() as s:
+    with registry.catalog.read() as s:
         assert s.execute(select(ValidationRun)).first() is None  # refused before any run
 
 
@@ -133,7 +137,7 @@ def test_failed_gate_is_stored_as_failed_run_with_scores(registry, tiny_base, ti
     report = validate(registry, ref, tiny_base, max_samples=4,
                               gates=["ppl < 0.5 * base_ppl"])
     assert report.status == "failed" and report.check("quality").status == "failed"
-    with registry.session() as s:
+    with registry.catalog.read() as s:
         stored = s.get(ValidationRun, report.run_id)
         scores = s.execute(select(EvalScore).where(EvalScore.run_id == report.run_id)
                            ).scalars().all()
@@ -144,8 +148,10 @@ def test_failed_gate_is_stored_as_failed_run_with_scores(registry, tiny_base, ti
     assert by_metric["validate.ppl"].value == pytest.approx(report.figures["ppl"])
     assert by_metric["validate.ppl"].dataset == "adapt-default-eval"
     assert "validate.tokens_per_s" in by_metric
-    runs = list_runs(registry, ref)
-    assert [r["status"] for r in runs] == ["failed"]
+    runs = registry.runs(ref)
+    assert [r.status for r in runs] == ["failed"]
+    assert [(g.expr, g.status, g.values["ppl"]) for g in runs[0].gates] == [
+        ("ppl < 0.5 * base_ppl", "failed", pytest.approx(report.figures["ppl"]))]
 
 
 def test_corrupted_blob_fails_integrity(registry, tiny_base, tiny_lora):
@@ -176,8 +182,9 @@ def test_wrong_base_fails_compatibility_before_loading_any_weights(tmp_path, tin
     code = (
         "import json, sys\n"
         "from registry import Registry\n"
-        "from registry.validation import validate_version\n"
-        f"r = validate_version(Registry(home={str(home)!r}), {ref!r}, {str(other_base)!r})\n"
+        "from registry.validation import ValidationOptions\n"
+        f"r = Registry(home={str(home)!r}).validate({ref!r}, "
+        f"ValidationOptions(base={str(other_base)!r}))\n"
         "print(json.dumps({'checks': {c.name: c.status for c in r.checks},\n"
         "  'error': type(r.error).__name__, 'summary': r.check('compatibility').summary,\n"
         "  'loaded': sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules)}))\n"
@@ -243,7 +250,7 @@ def test_nan_in_adapter_fails_health(registry, tiny_base, lora_nan):
 
 def test_report_validates_against_its_schema(registry, tiny_base, tiny_lora, merged_exact):
     ref = _add(registry, tiny_lora, tiny_base)
-    report = validate(registry, ref, tiny_base, merged_dir=merged_exact,
+    report = validate(registry, ref, tiny_base, merged=merged_exact,
                               max_samples=3, gates=["ppl < 0.1"])
     data = json.loads(json.dumps(report.to_dict()))
     validate_schema(data, "validation-report")
