@@ -48,14 +48,34 @@ def make_lora_files(out: Path, layers: int, hidden: int, rank: int) -> Path:
     return out
 
 
+class _ServerProcess:
+    """The Hub test server in another process: its endpoint and transfer counters."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    @property
+    def received_file_bytes(self) -> int:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.endpoint}/_test/stats", timeout=30) as answer:
+            return int(json.load(answer)["received_file_bytes"])
+
+
 @contextmanager
 def local_hub(tmp: Path) -> Iterator[Any]:
     """Start the local server and point huggingface_hub at it (restoring everything after)."""
+    import subprocess
+    import sys
+
     from huggingface_hub import constants
 
-    from tests.hub.server import start_hub
-
-    server, _ = start_hub({TOKEN: "bench"})
+    # the repository's local Hub server (tests/hub/server.py), run as its own process
+    script = Path(__file__).resolve().parents[1] / "tests" / "hub" / "server.py"
+    proc = subprocess.Popen([sys.executable, str(script), TOKEN, "bench"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    server = _ServerProcess(proc.stdout.readline().strip())
     saved_env = {k: os.environ.get(k) for k in ("HF_TOKEN", "HF_HUB_OFFLINE")}
     patched = {
         "ENDPOINT": server.endpoint,
@@ -79,7 +99,8 @@ def local_hub(tmp: Path) -> Iterator[Any]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = old
-        server.shutdown()
+        proc.stdin.close()
+        proc.wait(timeout=30)
 
 
 def _timed(fn: Any) -> tuple[float, Any]:
@@ -92,7 +113,7 @@ def run(quick: bool) -> list[Row]:
     from huggingface_hub import HfApi, constants, snapshot_download
     from huggingface_hub.utils import disable_progress_bars
 
-    from registry.hub import _stage_version, pull, push
+    from registry.hub import stage_version
     from registry.registry import Registry
 
     disable_progress_bars()
@@ -108,7 +129,7 @@ def run(quick: bool) -> list[Row]:
             api = HfApi()
             staged = tmp / "staged"
             staged.mkdir()
-            for name, path in _stage_version(reg, reg.resolve("bench"), "bench/peer",
+            for name, path in stage_version(reg, reg.resolve("bench"), "bench/peer",
                                              staged).items():
                 if path.parent != staged:
                     (staged / name).write_bytes(path.read_bytes())
@@ -116,14 +137,14 @@ def run(quick: bool) -> list[Row]:
             # warm both sides up (imports, connections) on a tiny adapter first
             warm = make_lora_files(tmp / "warm", 1, 16, 2)
             reg.add(warm, name="warm")
-            push(reg, "warm", repo="bench/warm")
+            reg.push("warm", repo="bench/warm")
             api.create_repo("bench/warm-peer")
             api.upload_folder(repo_id="bench/warm-peer", folder_path=str(warm))
-            pull(Registry(home=tmp / "warm-home"), "bench/warm")
+            Registry(home=tmp / "warm-home").pull("bench/warm")
             snapshot_download("bench/warm-peer")
 
             # first push: a fresh repo each side, same four files
-            t_push, _ = _timed(lambda: push(reg, "bench", repo="bench/bench"))
+            t_push, _ = _timed(lambda: reg.push("bench", repo="bench/bench"))
 
             def peer_push() -> None:
                 api.create_repo("bench/peer", exist_ok=True)
@@ -133,17 +154,17 @@ def run(quick: bool) -> list[Row]:
             t_peer_push, _ = _timed(peer_push)
 
             # unchanged re-push: what each side sends
-            before = server.state.received_file_bytes
-            t_repush, _ = _timed(lambda: push(reg, "bench", repo="bench/bench"))
-            adapt_bytes = server.state.received_file_bytes - before
-            before = server.state.received_file_bytes
+            before = server.received_file_bytes
+            t_repush, _ = _timed(lambda: reg.push("bench", repo="bench/bench"))
+            adapt_bytes = server.received_file_bytes - before
+            before = server.received_file_bytes
             t_peer_repush, _ = _timed(peer_push)
-            peer_bytes = server.state.received_file_bytes - before
+            peer_bytes = server.received_file_bytes - before
 
             # pull into an empty registry with a cold cache vs snapshot_download (cold cache)
             target = Registry(home=tmp / "target")
             constants.HF_HUB_CACHE = str(tmp / "cache-adapt")
-            t_pull, _ = _timed(lambda: pull(target, "bench/bench"))
+            t_pull, _ = _timed(lambda: target.pull("bench/bench"))
             constants.HF_HUB_CACHE = str(tmp / "cache-peer")
             t_peer_pull, _ = _timed(lambda: snapshot_download("bench/peer"))
             reg.close()

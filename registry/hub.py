@@ -219,7 +219,7 @@ def _versions_of(reg: Registry, name: str) -> list[VersionInfo]:
     return reg.versions_of(name)
 
 
-def _stage_version(reg: Registry, info: VersionInfo, repo_id: str, tmp: Path) -> dict[str, Path]:
+def stage_version(reg: Registry, info: VersionInfo, repo_id: str, tmp: Path) -> dict[str, Path]:
     """The files of one version's commit: PEFT files, adapt.json and README.md.
 
     The PEFT files are read straight from the blob store (no copy); push checks their sha256
@@ -272,7 +272,7 @@ def push(reg: Registry, ref: str, *, repo: str | None = None, private: bool = Fa
         for v in versions:
             tag = f"v{v.version}"
             with tempfile.TemporaryDirectory(prefix="adapt-push-") as tmp:
-                staged = _stage_version(reg, v, repo_id, Path(tmp))
+                staged = stage_version(reg, v, repo_id, Path(tmp))
                 sha = {f.path: f.sha256 for f in v.files}
                 if tag in tags:
                     remote = _remote_files(api, repo_id, tags[tag])

@@ -10,28 +10,31 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
+from functools import cache
 from typing import Any
+
+
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 class Record(Mapping[str, Any]):
     """A frozen dataclass that reads like its JSON object (keys in field order)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
     def __getitem__(self, key: str) -> Any:
-        if key not in self._keys():
+        if key not in _field_names(type(self)):
             raise KeyError(key)
-        return self.to_dict()[key]
+        return getattr(self, key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys())
+        return iter(_field_names(type(self)))
 
     def __len__(self) -> int:
-        return len(self._keys())
-
-    def _keys(self) -> list[str]:
-        return list(self.to_dict())
+        return len(_field_names(type(self)))
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from sqlmodel import Session
 
     from registry.fingerprint import ModelFingerprint
+    from registry.hub import PullResult, PushResult
     from registry.peft_dir import AdapterDir
 
 # Files that make up a version. README/model cards are presentation, not content: a version's
@@ -412,6 +413,29 @@ class Registry:
         """Every file row has its blob; every blob hashes to its name; orphans listed apart."""
         return blob_rows.fsck(self.catalog, self.store, verify_hashes=verify_hashes)
 
+    # -- Hugging Face Hub (registry.hub does the transfer) ------------------------------------
+    def push(self, ref: str, *, repo: str | None = None, private: bool = False,
+             all_versions: bool = False, on_progress: Any = None) -> PushResult:
+        """Push a version (or all of its line) to the Hub as commits tagged v<N>."""
+        from registry import hub
+
+        return hub.push(self, ref, repo=repo, private=private, all_versions=all_versions,
+                        on_progress=on_progress)
+
+    def pull(self, spec: str, *, name: str | None = None, all_versions: bool = False,
+             base: str | Path | None = None, on_progress: Any = None) -> PullResult:
+        """Download, verify and register a version (or every v<N> tag) of a Hub repo."""
+        from registry import hub
+
+        return hub.pull(self, spec, name=name, all_versions=all_versions, base=base,
+                        on_progress=on_progress)
+
+    def remote_status(self, ref: str, *, repo: str | None = None) -> dict[str, Any]:
+        """What the Hub holds for an adapter compared with the registry, version by version."""
+        from registry import hub
+
+        return hub.remote_status(self, ref, repo=repo)
+
     # -- model ops (delegates to registry.flows.merge / quantize / compose) -------------------
     if TYPE_CHECKING:  # the option and result types of the model-op delegates below
         from registry.ops.diff import DiffReport
@@ -506,6 +530,53 @@ class Registry:
     # -- extraction and conversion (delegates to registry.flows.extract) ---------------------
 
     # -- serving targets and exports (delegates to registry.flows.ship) ----------------------
+    if TYPE_CHECKING:  # the result types of the shipping delegates below
+        from registry.flows.ship import ShipExport
+        from registry.targets import TargetReport
+
+    def export_as(
+        self, ref: str | VersionInfo, out: str | Path, *, format: str = "peft",
+        base: str | Path | None = None,
+    ) -> ShipExport:
+        """Export a version as a PEFT directory, a llama.cpp GGUF LoRA, or an Ollama directory
+        (`adapt export --format`)."""
+        from registry.flows.ship import export_version
+
+        return export_version(self, ref, out, format=format, base=base)
+
+    def export_gguf(
+        self, ref: str | VersionInfo, out: str | Path, *, base: str | Path | None = None,
+        outtype: str = "f32",
+    ) -> ShipExport:
+        """Write a LoRA version as a llama.cpp LoRA GGUF file with its provenance."""
+        from registry.flows.ship import export_gguf
+
+        return export_gguf(self, ref, out, base=base, outtype=outtype)
+
+    def export_ollama(
+        self, ref: str | VersionInfo, out: str | Path, *, base: str | Path | None = None,
+        from_model: str | None = None, outtype: str = "f32",
+    ) -> ShipExport:
+        """Write an Ollama import directory (GGUF adapter + Modelfile) for a LoRA version."""
+        from registry.flows.ship import export_ollama
+
+        return export_ollama(self, ref, out, base=base, from_model=from_model, outtype=outtype)
+
+    def check_target(
+        self, ref: str | VersionInfo, target: str, *, base: str | Path | None = None,
+        target_version: str | None = None,
+    ) -> TargetReport:
+        """Apply a serving target's rules (vllm, lorax, tgi, llama.cpp, ollama, peft) to a
+        version and its base (`adapt check`)."""
+        from registry.flows.ship import check_target
+
+        return check_target(self, ref, target, base=base, target_version=target_version)
+
+    def list_target_tables(self) -> list[tuple[str, str, bool]]:
+        """(target, version, default) for every shipped rules table (the TUI's Targets tab)."""
+        from registry.targets import list_tables
+
+        return [(t.target, t.version, t.default) for t in list_tables()]
 
 
 def derive_name(path: Path) -> str:

@@ -46,12 +46,10 @@ def push(
 
       adapt push support-bot@3 --repo my-org/support-bot
     """
-    from registry.hub import push as push_versions
-
     reg = open_registry()
     with progress_bar("push", None, enabled=_bars(json_)) as update:
-        result = push_versions(reg, ref, repo=repo, private=private, all_versions=all_versions,
-                               on_progress=update)
+        result = reg.push(ref, repo=repo, private=private, all_versions=all_versions,
+                          on_progress=update)
     if json_:
         print_json(result.to_dict())
         return
@@ -85,12 +83,10 @@ def pull(
 
       adapt pull my-org/support-bot@v3
     """
-    from registry.hub import pull as pull_versions
-
     reg = open_registry()
     with progress_bar("pull", None, enabled=_bars(json_)) as update:
-        result = pull_versions(reg, spec, name=name, all_versions=all_versions, base=base,
-                               on_progress=update)
+        result = reg.pull(spec, name=name, all_versions=all_versions, base=base,
+                          on_progress=update)
     if json_:
         print_json(result.to_dict())
         return
@@ -114,9 +110,7 @@ def status(
 
       adapt remote status support-bot --repo my-org/support-bot
     """
-    from registry.hub import remote_status
-
-    data = remote_status(open_registry(), ref, repo=repo)
+    data = open_registry().remote_status(ref, repo=repo)
     if json_:
         print_json(data)
         return

@@ -200,6 +200,8 @@ class HubHandler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         url = urlsplit(self.path)
         path = url.path
+        if method == "GET" and path == "/_test/stats":  # for benchmarks running us as a process
+            return self._json({"received_file_bytes": self.state.received_file_bytes}, 200)
         if method == "GET" and path == "/api/whoami-v2":
             user = self._user()
             if user is None:
@@ -412,3 +414,22 @@ def start_hub(tokens: dict[str, str], orgs: dict[str, set[str]] | None = None
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server, thread
+
+
+def main() -> None:
+    """`python tests/hub/server.py TOKEN USER`: serve on a free loopback port until stdin closes.
+
+    Prints the endpoint URL as its first line, so a benchmark can run the server as a separate
+    process (benchmarks do not import `tests`).
+    """
+    import sys
+
+    token, user = sys.argv[1], sys.argv[2]
+    server, _ = start_hub({token: user})
+    print(server.endpoint, flush=True)
+    sys.stdin.read()
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
