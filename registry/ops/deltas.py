@@ -233,6 +233,14 @@ def _lokr_delta(
 ) -> torch.Tensor:
     import torch
 
+    w1, w2, scale = lokr_kron_factors(adapter, module, factors)
+    return torch.kron(w1, w2.contiguous()) * scale
+
+
+def lokr_kron_factors(
+    adapter: AdapterDir, module: str, factors: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """LoKr's delta as (w1, w2, scale) with delta = scale * kron(w1, w2), both (out_i, in_i)."""
     if "lokr_t2" in factors:
         raise UnsupportedMethod("LOKR", "merged",
                                 f"module {module} uses CP-decomposed convolution factors")
@@ -249,7 +257,41 @@ def _lokr_delta(
                                 f"module {module} is a convolution, which adapt does not merge yet")
     # PEFT scales LoKr by alpha / r whether or not the factors are low-rank
     r, alpha = adapter.rank_alpha(module)
-    return torch.kron(w1, w2.contiguous()) * (alpha / r)
+    return w1, w2, alpha / r
+
+
+# -- exact low-rank forms (for conversion to LoRA) --------------------------------------------
+def lowrank_delta_factors(
+    adapter: AdapterDir, module: str, factors: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(B, A) with B @ A exactly the module's additive delta in (out, in) orientation, or None.
+
+    LoHa's Hadamard product of two rank-r products is the product of their row-wise and
+    column-wise Khatri-Rao factors (rank <= r1 * r2); AdaLoRA folds E and its scale into A.
+    LoKr has its own exact form (lokr_kron_factors); other methods have none.
+    """
+    method = adapter.peft_type
+    if method == "LOHA":
+        if "hada_t1" in factors:
+            raise UnsupportedMethod("LOHA", "converted",
+                                    f"module {module} uses CP-decomposed convolution factors")
+        r, alpha = adapter.rank_alpha(module)
+        b1, a1 = factors["hada_w1_a"].float(), factors["hada_w1_b"].float()
+        b2, a2 = factors["hada_w2_a"].float(), factors["hada_w2_b"].float()
+        if a1.dim() != 2 or a2.dim() != 2:
+            raise UnsupportedMethod("LOHA", "converted", f"module {module} is a convolution")
+        # ((B1 A1) * (B2 A2))[i, j] = sum_pq B1[i,p] B2[i,q] A1[p,j] A2[q,j]
+        b = (b1[:, :, None] * b2[:, None, :]).reshape(b1.shape[0], -1) * (alpha / r)
+        a = (a1[:, None, :] * a2[None, :, :]).reshape(-1, a1.shape[1])
+        return b, a
+    if method == "ADALORA" and "lora_A" in factors:
+        import torch
+
+        e = factors["lora_E"].float()
+        ranknum = torch.tensor(float(e.shape[0]), dtype=torch.float32)
+        scale = _lora_scale(adapter, module) / (ranknum + 1e-5)
+        return factors["lora_B"].float(), factors["lora_A"].float() * e * scale
+    return None
 
 
 # -- multiplicative methods -------------------------------------------------------------------

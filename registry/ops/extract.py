@@ -299,7 +299,6 @@ def extract_lora(
     Raises IncompatibleBase when a tensor's shape differs between the checkpoints.
     """
     import torch
-    from safetensors.torch import save_file
 
     started = time.perf_counter()
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -385,50 +384,60 @@ def extract_lora(
                 # PEFT saves a modules_to_save module's tensors under their plain names
                 factors[f"base_model.model.{name}"] = rt.get(name).contiguous()
         rt.close()
-    rank, rank_pattern = _ranks(modules)
-    config = _lora_config(modules, rank, rank_pattern, base, layouts, base_model_name,
-                          sorted(saved_modules))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(factors, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
-    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    arch = base.architecture or ""
+    rank, rank_pattern = write_lora_dir(
+        out_dir, factors, {m.module: m.rank for m in modules},
+        base_model=base_model_name or str(base.path),
+        task_type="CAUSAL_LM" if arch.endswith("ForCausalLM") else None,
+        fan_in_fan_out=any(layouts.get(f"{m.module}.weight") == "conv1d" for m in modules),
+        modules_to_save=sorted(saved_modules),
+    )
     return ExtractResult(out_dir, rank, rank_pattern, modules, zero, changed, options,
                          time.perf_counter() - started, missing)
 
 
-def _ranks(modules: list[ModuleExtraction]) -> tuple[int, dict[str, int]]:
-    """The most common rank as r, the others as a rank_pattern of full module names."""
-    counts = Counter(m.rank for m in modules)
+def write_lora_dir(
+    out_dir: Path,
+    tensors: dict[str, torch.Tensor],
+    ranks: dict[str, int],
+    *,
+    base_model: str | None,
+    task_type: str | None,
+    fan_in_fan_out: bool = False,
+    modules_to_save: list[str] | None = None,
+) -> tuple[int, dict[str, int]]:
+    """Write a plain PEFT LoRA directory with scale 1 everywhere (lora_alpha = r per module).
+
+    tensors: saved keys to tensors (lora_A/lora_B per module, modules_to_save tensors).
+    ranks: module -> rank. Returns (r, rank_pattern) as written.
+    """
+    from safetensors.torch import save_file
+
+    counts = Counter(ranks.values())
+    # the most common rank is r; the others go to rank_pattern under their full module names
     rank = max(counts, key=lambda r: (counts[r], r))
-    return rank, {m.module: m.rank for m in modules if m.rank != rank}
-
-
-def _lora_config(
-    modules: list[ModuleExtraction],
-    rank: int,
-    rank_pattern: dict[str, int],
-    base: Checkpoint,
-    layouts: dict[str, str],
-    base_model_name: str | None,
-    modules_to_save: list[str],
-) -> dict[str, Any]:
-    arch = base.architecture or ""
-    conv1d = any(layouts.get(f"{m.module}.weight") == "conv1d" for m in modules)
-    return {
+    rank_pattern = {m: r for m, r in sorted(ranks.items()) if r != rank}
+    config = {
         "peft_type": "LORA",
         "r": rank,
         # alpha = r per module: scale 1, so the stored B @ A is the delta itself
         "lora_alpha": rank,
         "rank_pattern": rank_pattern,
         "alpha_pattern": {k: float(v) for k, v in rank_pattern.items()},
-        "target_modules": sorted(m.module for m in modules),
-        "base_model_name_or_path": base_model_name or str(base.path),
-        "task_type": "CAUSAL_LM" if arch.endswith("ForCausalLM") else None,
+        "target_modules": sorted(ranks),
+        "base_model_name_or_path": base_model,
+        "task_type": task_type,
         "lora_dropout": 0.0,
         "bias": "none",
-        "fan_in_fan_out": conv1d,
+        "fan_in_fan_out": fan_in_fan_out,
         "use_rslora": False,
         "use_dora": False,
         "init_lora_weights": True,
         "modules_to_save": modules_to_save or None,
         "inference_mode": True,
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / WEIGHTS_NAME),
+              metadata={"format": "pt"})
+    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return rank, rank_pattern

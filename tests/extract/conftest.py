@@ -85,3 +85,35 @@ def gpt2_base(extract_models: Path) -> Path:
 def gpt2_tuned(extract_models: Path, gpt2_base: Path) -> tuple[Path, dict]:
     return make_tuned(gpt2_base, extract_models / "gpt2-tuned",
                       {"attn.c_attn": [2.0, 1.0], "mlp.c_fc": [3.0, 2.0, 1.0]})
+
+
+def peft_deltas(base: Path, adapter: Path) -> dict:
+    """PEFT's own get_delta_weight for every adapted module, (out, in), float32."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(model, str(adapter))
+    out = {}
+    for name, module in peft_model.base_model.model.named_modules():
+        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+            with torch.no_grad():
+                out[name] = module.get_delta_weight("default").float()
+    return out
+
+
+@pytest.fixture(scope="session")
+def method_adapters(extract_models: Path, llama_base: Path):
+    """name -> adapter dir, built by PEFT on first use."""
+    from tests.factories import make_adapter
+
+    cache: dict[str, Path] = {}
+
+    def build(name: str, config) -> Path:
+        if name not in cache:
+            cache[name] = make_adapter(llama_base, extract_models / f"adapter-{name}", config,
+                                       seed=7)
+        return cache[name]
+
+    return build
