@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from registry.cli.output import console, err_console, human_bytes, open_registry, print_json
+from registry.cli.output import (
+    console,
+    emit,
+    err_console,
+    fit_table,
+    human_bytes,
+    open_registry,
+    print_json,
+    short_fp,
+)
 
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 
@@ -78,12 +87,54 @@ def list_(
     if not rows:
         err_console.print("no base models yet: register one with `adapt base add DIR --name N`")
         return
-    from rich.table import Table
+    table = [[r.name or "-", r.kind, short_fp(r.fingerprint), r.architecture or "-",
+              f"{r.params:,}", r.path or "-"] for r in rows]
+    # Short fingerprints and paths shortened in the middle fit 80 columns; --json has them all.
+    emit(fit_table(["NAME", "KIND", "FINGERPRINT", "ARCH", "PARAMS", "PATH"], table,
+                   shrink=(3, 5), min_width=12))
 
-    t = Table(box=None, pad_edge=False, header_style="bold")
-    for c in ("NAME", "KIND", "FINGERPRINT", "ARCH", "PARAMS", "PATH"):
-        t.add_column(c)
-    for r in rows:
-        t.add_row(r.name or "-", r.kind, r.fingerprint[:20], r.architecture or "-",
-                  f"{r.params:,}", r.path or "-")
-    console.print(t)
+
+@base_app.command("show")
+def show(
+    key: str = typer.Argument(..., help="A base name, fingerprint or fingerprint prefix."),
+    json_: bool = JSON,
+) -> None:
+    """Show a registered base (or merged/quantized) model.
+
+    Example:
+
+      adapt base show smollm2-135m
+    """
+    info = open_registry().show_base(key)
+    if json_:
+        print_json(info.to_dict())
+        return
+    rows = [("name", info.name or "-"), ("kind", info.kind), ("fingerprint", info.fingerprint),
+            ("structure", info.structure), ("architecture", info.architecture or "-"),
+            ("params", f"{info.params:,}"), ("dtype", info.dtype or "-"),
+            ("path", info.path or "-"), ("parent", info.parent_fingerprint or "-"),
+            ("created_at", info.created_at.strftime("%Y-%m-%d %H:%M:%S"))]
+    for label, value in rows:
+        console.print(f"{label:<13} {value}", markup=False)
+
+
+@base_app.command("rm")
+def rm(
+    key: str = typer.Argument(..., help="A base name, fingerprint or fingerprint prefix."),
+    force: bool = typer.Option(False, "--force", help="Remove it even while adapter versions "
+                               "reference it (they keep their fingerprint)."),
+    json_: bool = JSON,
+) -> None:
+    """Forget a registered model (its files on disk are not touched).
+
+    Refused (exit 8) while adapter versions reference it, naming them, unless --force.
+
+    Example:
+
+      adapt base rm old-llama
+    """
+    info = open_registry().remove_base(key, force=force)
+    if json_:
+        print_json({"removed": info.to_dict()})
+        return
+    console.print(f"removed base {info.name or '-'} {short_fp(info.fingerprint)}", markup=False)

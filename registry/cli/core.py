@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +9,11 @@ import typer
 
 from registry.cli.output import (
     console,
+    emit,
     err_console,
+    fit_table,
     human_bytes,
     open_registry,
-    plain_table,
     print_json,
     short_fp,
     to_jsonable,
@@ -108,16 +108,23 @@ def list_(
         return
     rows = reg.list_versions(**filters, limit=limit or None)
     if not rows:
-        err_console.print("no adapters registered yet: add one with `adapt add PATH --base DIR`")
+        if base or method or tag_:
+            err_console.print("no adapters match these filters (see `adapt list` for all)")
+        else:
+            err_console.print("no adapters registered yet: add one with "
+                              "`adapt add PATH --base DIR`")
         return
+    names = reg.base_names()  # a registered base's name says more than a local path
     table = [
         [r["ref"], r["method"], str(r["rank"] or "-"),
-         r["base_model"] or short_fp(r["base_fingerprint"]), human_bytes(r["size_bytes"]),
+         names.get(r["base_fingerprint"] or "") or r["base_model"]
+         or short_fp(r["base_fingerprint"]), human_bytes(r["size_bytes"]),
          ",".join(r["tags"]) or "-", r["created_at"].strftime("%Y-%m-%d %H:%M")]
         for r in rows
     ]
     headers = ["REF", "METHOD", "RANK", "BASE", "SIZE", "TAGS", "CREATED"]
-    sys.stdout.write(plain_table(headers, table) + "\n")
+    # REF is never cut (it names the row); BASE and TAGS shorten in the middle to fit.
+    emit(fit_table(headers, table, shrink=(3, 5)))
     if limit and len(rows) == limit:
         total = reg.count_versions(**filters)
         if total > limit:
@@ -177,6 +184,7 @@ def show(
 def tag(
     ref: str = typer.Argument(..., help="The version to tag."),
     name: str = typer.Argument(..., help="Tag name, e.g. prod or staging."),
+    json_: bool = JSON,
 ) -> None:
     """Point a tag at a version (moving it if it exists).
 
@@ -185,12 +193,16 @@ def tag(
       adapt tag support-lora@3 prod
     """
     v = open_registry().tag(ref, name)
-    console.print(f"{v.name}:{name} -> {v.ref}")
+    if json_:
+        print_json({"tag": f"{v.name}:{name}", "ref": v.ref, "digest": v.digest})
+        return
+    console.print(f"{v.name}:{name} -> {v.ref}", markup=False)
 
 
 def untag(
     name: str = typer.Argument(..., help="Adapter name."),
     tag_: str = typer.Argument(..., metavar="TAG", help="Tag to remove."),
+    json_: bool = JSON,
 ) -> None:
     """Remove a tag.
 
@@ -199,12 +211,16 @@ def untag(
       adapt untag support-lora staging
     """
     open_registry().untag(name, tag_)
-    console.print(f"removed {name}:{tag_}")
+    if json_:
+        print_json({"removed": f"{name}:{tag_}"})
+        return
+    console.print(f"removed {name}:{tag_}", markup=False)
 
 
 def rm(
     ref: str = typer.Argument(..., help="The version to delete."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    json_: bool = JSON,
 ) -> None:
     """Delete a version (its blobs stay until `adapt gc`).
 
@@ -241,6 +257,7 @@ def score(
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset it was measured on."),
     base: str | None = typer.Option(None, "--base", help="Base fingerprint it was measured "
                                     "with (default: the version's)."),
+    json_: bool = JSON,
 ) -> None:
     """Record an evaluation score.
 
@@ -248,9 +265,19 @@ def score(
 
       adapt score support-lora@2 --metric ppl --value 7.31 --dataset support-eval
     """
+    import math
+
+    from registry.errors import UsageError
+
+    if not math.isfinite(value):  # NaN/Inf would sort and gate as nonsense
+        raise UsageError(f"--value must be a finite number, not {value!r}")
     reg = open_registry()
     reg.add_score(ref, metric, value, dataset=dataset, base_fingerprint=base)
-    console.print(f"recorded {metric}={value:g} for {reg.resolve(ref).ref}")
+    resolved = reg.resolve(ref).ref
+    if json_:
+        print_json({"ref": resolved, "metric": metric, "value": value, "dataset": dataset})
+        return
+    console.print(f"recorded {metric}={value:g} for {resolved}", markup=False)
 
 
 def gc(

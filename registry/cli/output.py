@@ -25,9 +25,18 @@ from rich.text import Text
 if TYPE_CHECKING:
     from registry.registry import Registry
 
-console = Console(highlight=False, soft_wrap=False)
-err_console = Console(stderr=True, highlight=False)  # notes and progress: silenced by --quiet
-_error_console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors: never silenced
+
+
+def _console(**options: Any) -> Console:
+    # rich drops colours for NO_COLOR but keeps bold/dim; NO_COLOR users want no escapes at all.
+    if os.environ.get("NO_COLOR"):
+        options["color_system"] = None
+    return Console(highlight=False, **options)
+
+
+console = _console(soft_wrap=False)
+err_console = _console(stderr=True)  # notes and progress: silenced by --quiet
+_error_console = _console(stderr=True, soft_wrap=True)  # errors: never silenced
 
 
 def set_quiet(quiet: bool) -> None:
@@ -42,9 +51,8 @@ def is_quiet() -> bool:
 
 def print_error(message: str, *, prefix: str = "error") -> None:
     """One line on stderr, `error:` in red on a terminal; the message is never read as markup."""
-    line = Text(f"{prefix}: ", style="bold red")
-    line.append(" ".join(message.split("\n")))
-    _error_console.print(line)
+    _error_console.print(Text.assemble((f"{prefix}:", "bold red"), " ",
+                                       " ".join(message.split("\n"))))
 
 
 def emit(text: str) -> None:
