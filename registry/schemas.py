@@ -17,6 +17,7 @@ SCHEMA_SOURCES: dict[str, str] = {
     "compose-recipe": "registry.ops.compose:RECIPE_SCHEMA",
     "validation-spec": "registry.validation:SPEC_SCHEMA",
     "validation-report": "registry.validation:REPORT_SCHEMA",
+    "target-rules": "registry.targets:RULES_SCHEMA",
 }
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
