@@ -528,6 +528,40 @@ class Registry:
         return list_runs(self.catalog, version_id, limit)
 
     # -- extraction and conversion (delegates to registry.flows.extract) ---------------------
+    if TYPE_CHECKING:  # the option types of the delegates below
+        from registry.ops.convert import ConvertOptions
+        from registry.ops.extract import ExtractOptions
+
+    def extract(
+        self,
+        base: str | Path,
+        tuned: str | Path,
+        options: ExtractOptions,
+        *,
+        name: str | None = None,
+        note: str | None = None,
+        on_progress: Progress | None = None,
+    ) -> AddResult:
+        """Register a LoRA extracted from the full fine-tune `tuned` of `base` (`adapt extract`);
+        per-module rank, captured energy and error go into the version's recipe."""
+        from registry.flows.extract import extract_version
+
+        return extract_version(self, base, tuned, options, name=name, note=note,
+                               on_progress=on_progress)
+
+    def convert(
+        self,
+        ref: str,
+        options: ConvertOptions,
+        *,
+        name: str | None = None,
+        on_progress: Progress | None = None,
+    ) -> AddResult:
+        """Register version `ref` converted to a LoRA, its source as parent (`adapt convert`)."""
+        from registry.flows.extract import convert_version
+
+        return convert_version(self, ref, options, name=name, on_progress=on_progress)
+
 
     # -- serving targets and exports (delegates to registry.flows.ship) ----------------------
     if TYPE_CHECKING:  # the result types of the shipping delegates below

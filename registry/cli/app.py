@@ -17,6 +17,7 @@ from typing import Any
 import typer
 
 from registry.cli import base, compose, core, demo, env, hub, merge, quantize, ship, tui, validate
+from registry.cli import extract as extract_commands
 from registry.cli.exit_codes import ExitCode, exit_code_for
 from registry.cli.output import print_error, quiet_third_party, with_output_modes
 
@@ -59,7 +60,8 @@ def _root(
     """adapt: a registry and model-ops toolkit for PEFT adapters."""
 
 
-for module in (core, base, merge, compose, quantize, validate, hub, tui, demo, env, ship):
+for module in (core, base, merge, compose, quantize, validate, hub, tui, demo, env, ship,
+               extract_commands):
     module.register(app)
 
 
