@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from registry.errors import UsageError
 from registry.flows import protected_dirs, resolve_base_dir
+from registry.io.outdir import check_output_dir
 from registry.ops.merge_stream import Progress
 from registry.ops.options import QuantizeOptions
 from registry.ops.quantize import QuantizeResult, requantize_merged, requantize_model
@@ -16,6 +17,8 @@ from registry.refs import check_name
 
 if TYPE_CHECKING:
     from registry.registry import BaseInfo, Registry
+
+HINT = "write the quantized model somewhere new"
 
 
 def requantize(
@@ -34,18 +37,23 @@ def requantize(
     if name is not None:
         check_name(name, "base name")
     out_dir = Path(out_dir)
+    protected = protected_dirs(reg)
     if adapter is not None:
         if src is not None or base is None:
             raise UsageError("--adapter needs --base and no SRC",
                              "adapt requantize --adapter NAME --base DIR --to nf4 --out DIR")
         version = reg.resolve(adapter)
         base_dir = resolve_base_dir(reg, base)
+        # refuse a bad --out before the checkout and the (slow) fingerprint; the op checks
+        # again with every source
+        check_output_dir(out_dir, sources=[(base_dir, "the base model's directory")],
+                         protected=protected, force=options.force, hint=HINT)
         adapter_dir = reg.checkout(version)
         base_fp = reg.fingerprint(base_dir).fingerprint
         provenance = {"adapter_ref": version.ref, "adapter_digest": version.digest,
                       "base_fingerprint": base_fp, "base_path": str(base_dir.resolve())}
         result = requantize_merged(adapter_dir, base_dir, out_dir, options,
-                                   provenance=provenance, protected=protected_dirs(reg),
+                                   provenance=provenance, protected=protected,
                                    on_progress=on_progress)
         return result, record_quantized(reg, base_fp, result, version.id, name=name)
     if src is None:
@@ -53,9 +61,11 @@ def requantize(
     if base is not None:
         raise UsageError("--base goes with --adapter", "pass SRC alone, or --adapter and --base")
     src_dir = resolve_base_dir(reg, src)  # a directory, or a registered (merged) model's name
+    check_output_dir(out_dir, sources=[(src_dir, "the source model's directory")],
+                     protected=protected, force=options.force, hint=HINT)
     src_fp = reg.fingerprint(src_dir).fingerprint
     result = requantize_model(src_dir, out_dir, options, provenance={"source_fingerprint": src_fp},
-                              protected=protected_dirs(reg), on_progress=on_progress)
+                              protected=protected, on_progress=on_progress)
     return result, record_quantized(reg, src_fp, result, None, name=name)
 
 

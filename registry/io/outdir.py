@@ -47,7 +47,9 @@ def check_output_dir(
     hint: what to do instead, e.g. "write the merged model somewhere new".
     """
     out = Path(out_dir).resolve()
-    for path, what in (*sources, *protected):
+    # the registry first: a source may live inside it (the checkout cache), and "the registry"
+    # is the more useful thing to name
+    for path, what in (*protected, *sources):
         other = Path(path).resolve()
         if out == other:
             relation = "is"
