@@ -50,15 +50,16 @@ def check(
     else:
         base_note = f" with base {report.base}" if report.base else " (no base: pass --base)"
         console.print(f"{report.ref} on {report.target} {report.target_version}{base_note}",
-                      markup=False)
+                      markup=False, soft_wrap=True)
         for r in report.results:
             line = f"  [{_STYLE[r.status]}]{r.status:<4}[/] {r.rule}: "
             console.print(line, end="")
-            console.print(r.detail, markup=False)
+            console.print(r.detail, markup=False, soft_wrap=True)
             if r.status != "pass" and r.fix:
-                console.print(f"         fix: {r.fix}", markup=False)
+                console.print(f"         fix: {r.fix}", markup=False, soft_wrap=True)
             if r.status != "pass":
-                console.print(f"         source: {r.source}", markup=False, style="dim")
+                console.print(f"         source: {r.source}", markup=False, soft_wrap=True,
+                              style="dim")
         n_fail, n_warn = len(report.failed), len(report.warned)
         console.print(f"{n_fail} failed, {n_warn} warning(s), "
                       f"{len(report.results) - n_fail - n_warn} passed")
