@@ -117,3 +117,18 @@ def test_adapter_needs_a_base(
     done = run_adapt(capsys, "requantize", "--adapter", "ft", "--to", "nf4",
                      "--out", tmp_path / "q")
     assert done.code == ExitCode.USAGE and "--adapter needs --base" in done.err
+
+
+def test_requantize_a_registered_model_by_name_and_name_the_output(
+    capsys: pytest.CaptureFixture[str], registry, merged_dir: Path, tmp_path: Path
+) -> None:
+    registry.add_base(merged_dir, name="merged-ft", kind="merged")
+    out = tmp_path / "q"
+    done = run_adapt(capsys, "requantize", "merged-ft", "--to", "int8", "--out", out,
+                     "--name", "merged-ft-int8", "--json")
+    assert done.code == 0, done.err
+    record = json.loads(done.out)["record"]
+    assert record["name"] == "merged-ft-int8" and record["kind"] == "quantized"
+    assert record["parent_fingerprint"] == registry.fingerprint(merged_dir).fingerprint
+    found = registry.find_base("merged-ft-int8")
+    assert found is not None and found.fingerprint == registry.fingerprint(out).fingerprint
