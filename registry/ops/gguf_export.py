@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.errors import AlreadyExists, IncompatibleBase, InvalidModel, UnsupportedMethod
+from registry.errors import (
+    AlreadyExists,
+    IncompatibleBase,
+    InvalidModel,
+    MissingDependency,
+    UnsupportedMethod,
+)
 from registry.peft_dir import AdapterDir, read_adapter_dir
 
 if TYPE_CHECKING:
@@ -37,6 +43,9 @@ ARCHITECTURES: dict[str, tuple[str, bool]] = {
     "Qwen3ForCausalLM": ("qwen3", False),
     "GemmaForCausalLM": ("gemma", False),
     "Gemma2ForCausalLM": ("gemma2", False),
+    # Fused projections stay fused: qkv_proj -> attn_qkv, gate_up_proj -> ffn_up (llama.cpp
+    # splits them at run time), as Phi3MiniModel maps them.
+    "Phi3ForCausalLM": ("phi3", False),
 }
 # Modules whose LoRA llama.cpp's converter drops or mis-handles: token embeddings need a
 # transposed layout and lm_head is ignored when tied (llama.cpp#9065).
@@ -86,6 +95,15 @@ class GGUFExportResult:
     path: Path
     plan: GGUFPlan
     bytes: int
+
+
+def import_gguf() -> Any:
+    """The `gguf` package (llama.cpp's gguf-py), or a MissingDependency that says how to get it."""
+    try:
+        import gguf
+    except ImportError:
+        raise MissingDependency("gguf", "write llama.cpp GGUF adapters") from None
+    return gguf
 
 
 def read_base_config(base_dir: str | Path) -> dict[str, Any]:
@@ -140,7 +158,7 @@ def gguf_blockers(adapter: AdapterDir) -> list[str]:
 
 def plan_gguf_export(adapter: AdapterDir, base_config: Mapping[str, Any]) -> GGUFPlan:
     """Map every adapted module to its GGUF tensor; refuse what GGUF LoRA cannot express."""
-    import gguf
+    gguf = import_gguf()
 
     reasons = gguf_blockers(adapter)
     if reasons:
@@ -234,8 +252,7 @@ def export_lora_gguf(
     base_dir: the base model's directory (its config.json; weights, when present, are used to
     check shapes).
     """
-    import gguf
-
+    gguf = import_gguf()
     options = options or GGUFExportOptions()
     out = Path(out)
     if out.exists():

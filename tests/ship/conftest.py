@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.factories import make_adapter, make_tiny_llama
+from tests.factories import make_adapter
 
 LLAMA_CPP_PYTHON = "0.3.36"  # vendors llama.cpp's convert_lora_to_gguf.py and gguf-py
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -93,6 +93,17 @@ def gemma_base(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def phi3_base(models_dir: Path) -> Path:
+    """Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(5)
+    config = Phi3Config(**TINY, pad_token_id=0, tie_word_embeddings=False)
+    return _save(Phi3ForCausalLM(config), models_dir / "tiny-phi3")
+
+
+@pytest.fixture(scope="session")
 def bases(tiny_base: Path, qwen2_base: Path, gemma_base: Path) -> dict[str, Path]:
     return {"llama": tiny_base, "qwen2": qwen2_base, "gemma": gemma_base}
 
@@ -127,7 +138,3 @@ def rank_pattern_lora(models_dir: Path, tiny_base: Path) -> Path:
                    rank_pattern={"v_proj": 2, "gate_proj": 6})
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_wide(models_dir: Path) -> Path:
-    return make_tiny_llama(models_dir / "tiny-llama-ship-wide", hidden_size=96,
-                           intermediate_size=160)

@@ -84,6 +84,24 @@ def test_gguf_equals_llama_cpp_converter(
         np.testing.assert_allclose(my_data, data, rtol=1e-6, atol=0, err_msg=name)
 
 
+def test_fused_phi3_projections_equal_the_converter(
+    phi3_base: Path, llama_cpp_dir: Path, tmp_path: Path,
+) -> None:
+    adapter = lora_on(phi3_base, tmp_path / "phi3-lora",
+                      targets=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
+    oracle = run_converter(llama_cpp_dir, adapter, phi3_base, tmp_path / "ref.gguf")
+    mine = export_lora_gguf(adapter, phi3_base, tmp_path / "adapt.gguf")
+    ref_fields, ref_tensors = read_gguf(oracle)
+    my_fields, my_tensors = read_gguf(mine.path)
+    assert my_fields["general.architecture"] == ref_fields["general.architecture"] == "phi3"
+    assert sorted(my_tensors) == sorted(ref_tensors)
+    assert "blk.0.attn_qkv.weight.lora_b" in my_tensors
+    assert my_tensors["blk.0.ffn_up.weight.lora_b"][1] == (4, 256)  # gate and up, fused
+    for name, (ttype, shape, data) in ref_tensors.items():
+        assert my_tensors[name][:2] == (ttype, shape), name
+        np.testing.assert_allclose(my_tensors[name][2], data, rtol=1e-6, atol=0, err_msg=name)
+
+
 def test_llama_q_and_k_rows_are_permuted_like_the_converter(
     bases: dict[str, Path], plain_loras: dict[str, Path], tmp_path: Path,
 ) -> None:
