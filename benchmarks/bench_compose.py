@@ -54,6 +54,7 @@ def run(quick: bool) -> list[Row]:
     from peft import LoraConfig, get_peft_model
 
     from registry.ops.compose import compose_lora
+    from registry.ops.options import ComposeOptions
     from registry.peft_dir import load_tensors, read_adapter_dir
 
     hidden, inter = (512, 1376) if quick else (4096, 11008)
@@ -79,7 +80,8 @@ def run(quick: bool) -> list[Row]:
         adapters = [read_adapter_dir(d) for d in dirs]
 
         started = time.perf_counter()
-        compose_lora(adapters, WEIGHTS, "svd", rank=TARGET_RANK, out_dir=root / "adapt")
+        compose_lora(adapters, WEIGHTS, ComposeOptions("svd", rank=TARGET_RANK),
+                     out_dir=root / "adapt")
         adapt_s = time.perf_counter() - started
 
         started = time.perf_counter()

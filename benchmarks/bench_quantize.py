@@ -13,7 +13,7 @@ from benchmarks.common import Row
 def run(quick: bool) -> list[Row]:
     import torch
 
-    from registry.ops.quantize import _low_rank, quantize_weight, torch_norm
+    from registry.ops.quantize_layers import low_rank_factors, quantize_weight, torch_norm
 
     n, layers, rank = (512, 2, 16) if quick else (4096, 4, 16)
     gen = torch.Generator().manual_seed(0)
@@ -29,7 +29,7 @@ def run(quick: bool) -> list[Row]:
             wp = w + delta
             dq = quantize_weight(wp, "nf4")[1]
             res = wp - dq
-            b, a = _low_rank(res, rank)
+            b, a = low_rank_factors(res, rank)
             err += torch_norm(res) ** 2
             comp += torch_norm(res - b @ a) ** 2
             dn += torch_norm(delta) ** 2
