@@ -82,7 +82,9 @@ class AdapterFacts:
 
     adapter: AdapterDir
     base_config: Mapping[str, Any] | None = None
-    base_tensors: frozenset[str] | None = None  # tensor names of the base checkpoint
+    base_tensors: Mapping[str, tuple[int, ...]] | None = None  # base tensor name -> shape
+    base_fingerprint: str | None = None  # of the base given to the check
+    registered_base_fingerprint: str | None = None  # the one the version was added with
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,35 @@ def _prefix_matches_base(facts: AdapterFacts, params: Mapping[str, Any]) -> Outc
     near = sorted(t for t in facts.base_tensors if t.endswith(f"{leaf_path}.weight"))
     hint = f"; the base has {near[0][: -len('.weight')]}" if near else ""
     return Violation(f"{len(missing)} module(s) such as {example} are not in the base{hint}")
+
+
+@check("shapes_match_base")
+def _shapes_match_base(facts: AdapterFacts, params: Mapping[str, Any]) -> Outcome:
+    if facts.base_tensors is None:
+        return _NEED_BASE
+    for name, mod in facts.adapter.modules.items():
+        base_shape = facts.base_tensors.get(f"{name}.weight")
+        a, b = mod.shape("lora_A"), mod.shape("lora_B")
+        if base_shape is None or a is None or b is None or len(a) != 2 or len(b) != 2:
+            continue  # missing modules are the prefix rule's; non-LoRA factors not compared
+        # Conv1D layers (fan_in_fan_out) store the weight as in x out
+        expected = (a[1], b[0]) if facts.adapter.fan_in_fan_out else (b[0], a[1])
+        if tuple(base_shape[:2]) != expected:
+            return Violation(f"{name} makes a {expected[0]}x{expected[1]} delta but the base "
+                             f"weight is {'x'.join(map(str, base_shape))}")
+    return None
+
+
+@check("same_base_as_registered")
+def _same_base_as_registered(facts: AdapterFacts, params: Mapping[str, Any]) -> Outcome:
+    if facts.registered_base_fingerprint is None:
+        return Unchecked("the version was added without --base", "re-add it with --base")
+    if facts.base_fingerprint is None:
+        return _NEED_BASE
+    if facts.base_fingerprint != facts.registered_base_fingerprint:
+        return Violation(f"checked against {facts.base_fingerprint[:19]}, registered on "
+                         f"{facts.registered_base_fingerprint[:19]}")
+    return None
 
 
 @check("scaling_supported")

@@ -160,18 +160,21 @@ def check_target(
     adapter = read_adapter_dir(reg.checkout(version))
     base_config = read_base_config(base_dir) if base_dir is not None else None
     base_tensors = _tensor_names(base_dir) if base_dir is not None else None
-    facts = AdapterFacts(adapter, base_config, base_tensors)
+    fingerprint = _fingerprint(reg, base_dir) if base_dir is not None else None
+    facts = AdapterFacts(adapter, base_config, base_tensors, fingerprint,
+                         version.base_fingerprint)
     return TargetReport(version.ref, table.target, table.version,
                         str(base_dir) if base_dir is not None else None,
                         apply_rules(table, facts))
 
 
-def _tensor_names(base_dir: Path) -> frozenset[str] | None:
+def _tensor_names(base_dir: Path) -> dict[str, tuple[int, ...]] | None:
+    """Base tensor name -> shape, from the safetensors headers (no weights read)."""
     if not any(base_dir.glob("*.safetensors")):
         return None
     from registry.checkpoint import open_checkpoint
 
-    return frozenset(open_checkpoint(base_dir).tensors)
+    return {name: tuple(t.shape) for name, t in open_checkpoint(base_dir).tensors.items()}
 
 
 def _fingerprint(reg: Registry, base_dir: Path) -> str | None:

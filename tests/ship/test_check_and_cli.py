@@ -84,6 +84,10 @@ CASES = [
     ("patterns", "vllm", None, "scaling", "fail", 1),
     ("patterns", "llama.cpp", None, "scaling", "warn", 0),
     ("clean", "llama.cpp", None, "gguf", "pass", 0),
+    ("clean", "vllm", None, "shapes", "pass", 0),
+    ("gpt2", "vllm", None, "shapes", "pass", 1),  # Conv1D weights are in x out
+    ("clean", "vllm", None, "base", "pass", 0),
+    ("prefix", "vllm", None, "base", "warn", 1),  # added without --base
 ]
 
 
@@ -114,6 +118,19 @@ def test_clean_lora_passes_every_vllm_rule_with_its_registered_base(
     lines = [ln for ln in result.out.splitlines() if ln.startswith("  ")]
     assert lines and all(ln.split()[0] == "pass" for ln in lines), result.out
     assert "0 failed" in result.out
+
+
+def test_check_on_another_base_flags_shapes_and_fingerprint(
+    shipped, capsys: pytest.CaptureFixture[str], other_base: Path,
+) -> None:
+    result = run_adapt(capsys, "check", "clean", "--target", "peft", "--base", str(other_base),
+                       "--json")
+    assert result.code == 1
+    verdicts = {r["rule"]: r for r in json.loads(result.out)["results"]}
+    assert verdicts["prefix"]["status"] == "pass"  # same names ...
+    assert verdicts["shapes"]["status"] == "fail"  # ... other shapes
+    assert "64x64 delta but the base weight is 96x96" in verdicts["shapes"]["detail"]
+    assert verdicts["base"]["status"] == "warn"
 
 
 def test_check_names_the_fix_and_source_of_a_failed_rule(
