@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -15,14 +15,19 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
 from registry.errors import AdaptError
+from tui.actions import VersionScreen, version_bindings
 from tui.compare import CompareScreen
 from tui.detail import DetailScreen
 from tui.dialogs import BasePickerScreen, ConfirmScreen, HelpScreen, JobScreen, PromptScreen
-from tui.queries import base_choices, parse_filter
+from tui.filters import parse_filter
+from tui.render import one_line
 from tui.version_list import COLUMNS, PAGE, VersionTable
 
 if TYPE_CHECKING:
+    from registry.records import BaseChoice, VersionDetail
     from registry.registry import Registry
+
+T = TypeVar("T")
 
 FILTER_DELAY = 0.15  # seconds of typing pause before the list is queried again
 EMPTY_HELP = (
@@ -34,7 +39,7 @@ EMPTY_HELP = (
 )
 
 
-class ListScreen(Screen[None]):
+class ListScreen(VersionScreen):
     """The adapter list with its filter line and status line."""
 
     BINDINGS = [
@@ -44,14 +49,7 @@ class ListScreen(Screen[None]):
         Binding("s", "cycle_sort", "Sort"),
         Binding("S", "reverse_sort", "Reverse sort", show=False),
         Binding("b", "pick_base", "Base"),
-        Binding("t", "tag", "Tag"),
-        Binding("u", "untag", "Untag", show=False),
-        Binding("e", "export", "Export", show=False),
-        Binding("d", "delete", "Delete", show=False),
-        Binding("space", "mark", "Mark for compare", show=False),
-        Binding("c", "compare", "Compare", show=False),
-        Binding("V", "validate", "Validate", show=False),
-        Binding("P", "push", "Push", show=False),
+        *version_bindings(show_compare=False),
         Binding("r", "reload", "Reload", show=False),
     ]
 
@@ -61,10 +59,6 @@ class ListScreen(Screen[None]):
         self.page_size = page_size
         self._filter_timer: Timer | None = None
         self._last_load: VersionTable.Loaded | None = None
-
-    @property
-    def adapt(self) -> AdaptApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
@@ -113,6 +107,14 @@ class ListScreen(Screen[None]):
         self.table.focus()
 
     def action_pick_base(self) -> None:
+        self._read_base_choices()
+
+    @work(thread=True, group="reads")
+    def _read_base_choices(self) -> None:
+        choices = self.registry.base_choices()
+        self.app.call_from_thread(self._show_base_picker, choices)
+
+    def _show_base_picker(self, choices: list[BaseChoice]) -> None:
         def picked(key: str | None) -> None:
             if key is None:
                 return
@@ -122,7 +124,8 @@ class ListScreen(Screen[None]):
                 words.append(f"base:{key}" if " " not in key else f'base:"{key}"')
             box.value = " ".join(words)
 
-        self.app.push_screen(BasePickerScreen(base_choices(self.registry)), picked)
+        if self.is_current:
+            self.app.push_screen(BasePickerScreen(choices), picked)
 
     # -- list --------------------------------------------------------------------------------
     @on(VersionTable.Loaded)
@@ -136,10 +139,11 @@ class ListScreen(Screen[None]):
             self.set_focus(None)
         elif not was_shown:
             self.table.focus()
-        self.refresh_marks()
+        self.refresh_marks(self.marked)
 
-    def refresh_marks(self) -> None:
+    def refresh_marks(self, marked: list[str]) -> None:
         """Redraw the status line: counts, sort, and the versions marked for comparison."""
+        super().refresh_marks(marked)
         event = self._last_load
         if event is None:
             return
@@ -148,8 +152,8 @@ class ListScreen(Screen[None]):
         if event.shown < event.total:
             parts.append(f"{event.shown} loaded")
         parts.append(f"sort: {self.table.sort_column} {'▼' if self.table.descending else '▲'}")
-        if self.adapt.marked:
-            parts.append("marked: " + ", ".join(self.adapt.marked))
+        if self.marked:
+            parts.append("marked: " + ", ".join(self.marked))
         if event.filtered and not event.total:
             parts.append("Escape clears the filter")
         self.query_one("#status", Static).update(Text("  ·  ".join(parts)))
@@ -160,15 +164,14 @@ class ListScreen(Screen[None]):
         event.stop()
         self.action_open()
 
-    def _ref(self) -> str | None:
-        ref = self.table.selected_ref
-        if ref is None:
-            self.app.notify("No adapter selected.", severity="warning")
-        return ref
+    def acted_ref(self) -> str | None:
+        return self.table.selected_ref
+
+    def compare_ref(self) -> str | None:
+        return self.table.selected_ref
 
     def action_open(self) -> None:
-        if ref := self._ref():
-            self.app.push_screen(DetailScreen(self.registry, ref))
+        self._post(self.OpenRequested)
 
     def action_cycle_sort(self) -> None:
         keys = [k for k, _ in COLUMNS]
@@ -180,40 +183,13 @@ class ListScreen(Screen[None]):
     def action_reload(self) -> None:
         self.refresh_data()
 
-    def action_tag(self) -> None:
-        if ref := self._ref():
-            self.adapt.ask_tag(ref)
-
-    def action_untag(self) -> None:
-        if ref := self._ref():
-            self.adapt.ask_untag(ref)
-
-    def action_export(self) -> None:
-        if ref := self._ref():
-            self.adapt.ask_export(ref)
-
-    def action_delete(self) -> None:
-        if ref := self._ref():
-            self.adapt.ask_delete(ref)
-
-    def action_mark(self) -> None:
-        if ref := self._ref():
-            self.adapt.toggle_mark(ref)
-
-    def action_compare(self) -> None:
-        self.adapt.compare_marked(self.table.selected_ref)
-
-    def action_validate(self) -> None:
-        if ref := self._ref():
-            self.adapt.start_validation(ref)
-
-    def action_push(self) -> None:
-        if ref := self._ref():
-            self.adapt.start_push(ref)
-
 
 class AdaptApp(App[None]):
-    """Browse, compare and act on one registry."""
+    """Browse, compare and act on one registry.
+
+    Screens post `VersionScreen` messages; the handlers here act through the Registry facade in
+    thread workers, so the UI thread never waits on the database or the disk.
+    """
 
     CSS_PATH = Path(__file__).parent / "adapt.tcss"
     TITLE = "adapt"
@@ -245,132 +221,179 @@ class AdaptApp(App[None]):
     def refresh_views(self) -> None:
         """Re-read the registry in every open screen (after a change made here)."""
         for screen in list(self.screen_stack):
-            refresh = getattr(screen, "refresh_data", None)
-            if refresh is not None:
-                refresh()
+            if isinstance(screen, ListScreen | DetailScreen):
+                screen.refresh_data()
 
-    def _attempt(self, what: str, call: Callable[[], Any]) -> Any:
-        """Run a registry call; a typed error becomes an error notification, not a crash."""
-        try:
-            return call()
-        except AdaptError as error:
-            self.notify(str(error), title=f"{what} failed", severity="error", timeout=8)
-            return None
+    def in_worker(self, what: str, call: Callable[[], T],
+                  done: Callable[[T], None] | None = None) -> None:
+        """Run a registry call in a thread; `done(result)` runs on the UI thread after it.
 
-    # -- actions shared by the list and the detail screen ------------------------------------
-    def ask_tag(self, ref: str) -> None:
+        A typed error, an OS error (a dangling symlink, /proc, a full disk) or a bad value (a
+        path with NUL) becomes a one-line error notification; the app keeps running.
+        """
+
+        def run() -> None:
+            try:
+                result = call()
+            except (AdaptError, OSError, ValueError) as error:
+                self.call_from_thread(self.report_failure, what, error)
+                return
+            if done is not None:
+                self.call_from_thread(done, result)
+
+        self.run_worker(run, thread=True, group="registry", name=what)
+
+    def report_failure(self, what: str, error: BaseException) -> None:
+        self.notify(one_line(error), title=f"{what} failed", severity="error", timeout=8)
+
+    # -- what the screens ask for ------------------------------------------------------------
+    @on(VersionScreen.OpenRequested)
+    def _open(self, event: VersionScreen.OpenRequested) -> None:
+        screen = DetailScreen(self.registry, event.ref)
+        screen.marked = list(self.marked)
+        self.push_screen(screen)
+
+    @on(VersionScreen.TagRequested)
+    def _tag(self, event: VersionScreen.TagRequested) -> None:
+        ref = event.ref
+
         def answered(tag: str | None) -> None:
-            if tag and self._attempt("tag", lambda: self.registry.tag(ref, tag)):
-                self.notify(f"{ref} is now {ref.split('@')[0]}:{tag}", title="Tagged")
-                self.refresh_views()
+            if tag:
+                self.in_worker("tag", lambda: self.registry.tag(ref, tag),
+                               lambda _: self._tagged(ref, tag))
 
         self.push_screen(PromptScreen(f"Tag {ref} as:", placeholder="prod"), answered)
 
-    def ask_untag(self, ref: str) -> None:
-        shown = self._attempt("untag", lambda: self.registry.show(ref))
-        if shown is None:
-            return
-        if not shown["tags"]:
-            self.notify(f"{ref} has no tags.", severity="warning")
-            return
-        name = shown["name"]
+    def _tagged(self, ref: str, tag: str) -> None:
+        self.notify(f"{ref} is now {ref.split('@')[0]}:{tag}", title="Tagged")
+        self.refresh_views()
 
-        def answered(tag: str | None) -> None:
-            if tag and self._attempt("untag", lambda: _untag(self.registry, name, tag)):
-                self.notify(f"removed tag {name}:{tag}", title="Untagged")
-                self.refresh_views()
+    @on(VersionScreen.UntagRequested)
+    def _untag(self, event: VersionScreen.UntagRequested) -> None:
+        ref = event.ref
 
-        tags = ", ".join(shown["tags"])
-        self.push_screen(PromptScreen(f"Remove which tag of {name}? ({tags})",
-                                      value=shown["tags"][0]), answered)
+        def ask(shown: VersionDetail) -> None:
+            if not shown.tags:
+                self.notify(f"{ref} has no tags.", severity="warning")
+                return
+            name = shown.name
 
-    def ask_export(self, ref: str) -> None:
+            def answered(tag: str | None) -> None:
+                if tag:
+                    self.in_worker("untag", lambda: self.registry.untag(name, tag),
+                                   lambda _: self._untagged(name, tag))
+
+            self.push_screen(PromptScreen(f"Remove which tag of {name}? "
+                                          f"({', '.join(shown.tags)})", value=shown.tags[0]),
+                             answered)
+
+        self.in_worker("untag", lambda: self.registry.show(ref), ask)
+
+    def _untagged(self, name: str, tag: str) -> None:
+        self.notify(f"removed tag {name}:{tag}", title="Untagged")
+        self.refresh_views()
+
+    @on(VersionScreen.ExportRequested)
+    def _export(self, event: VersionScreen.ExportRequested) -> None:
+        ref = event.ref
+
         def answered(dest: str | None) -> None:
-            if dest:
-                self.run_worker(lambda: self._export(ref, Path(dest).expanduser()),
-                                thread=True, group="jobs", name=f"export {ref}")
+            if not dest:
+                return
+            self.in_worker("export", lambda: self.registry.export(ref, Path(dest).expanduser()),
+                           lambda out: self.notify(f"{ref} written to {out}", title="Exported"))
 
         default = "./" + ref.replace("@", "-v").replace(":", "-")
         self.push_screen(PromptScreen(f"Export {ref} to directory:", value=default), answered)
 
-    def _export(self, ref: str, dest: Path) -> None:
-        try:
-            out = self.registry.export(ref, dest)
-        except AdaptError as error:
-            self.call_from_thread(self.notify, str(error), title="export failed",
-                                  severity="error", timeout=8)
-            return
-        self.call_from_thread(self.notify, f"{ref} written to {out}", title="Exported")
+    @on(VersionScreen.DeleteRequested)
+    def _delete(self, event: VersionScreen.DeleteRequested) -> None:
+        ref = event.ref
 
-    def ask_delete(self, ref: str) -> None:
+        def deleted(_: object) -> None:
+            self.marked = [m for m in self.marked if m != ref]
+            self.notify(f"deleted {ref}; `adapt gc` frees its files", title="Deleted")
+            self._marks_changed()
+            self.refresh_views()
+
         def answered(yes: bool | None) -> None:
-            if yes and self._attempt("delete", lambda: self.registry.remove(ref)):
-                self.marked = [m for m in self.marked if m != ref]
-                self.notify(f"deleted {ref}; `adapt gc` frees its files", title="Deleted")
-                self.refresh_views()
+            if yes:
+                self.in_worker("delete", lambda: self.registry.remove(ref), deleted)
 
         self.push_screen(ConfirmScreen(
             f"Delete {ref}?\nIts tags, scores and runs go with it; its files stay in the blob "
             "store until `adapt gc`.", yes="Delete"), answered)
 
-    def toggle_mark(self, ref: str) -> None:
+    @on(VersionScreen.MarkToggled)
+    def _mark(self, event: VersionScreen.MarkToggled) -> None:
         """Mark a version for comparison (two at most: a third drops the oldest)."""
-        if ref in self.marked:
-            self.marked.remove(ref)
+        if event.ref in self.marked:
+            self.marked.remove(event.ref)
         else:
-            self.marked = [*self.marked, ref][-2:]
+            self.marked = [*self.marked, event.ref][-2:]
         self.notify("marked: " + (", ".join(self.marked) or "none")
                     + ("  (c compares)" if len(self.marked) == 2 else ""), timeout=3)
-        for screen in self.screen_stack:
-            if isinstance(screen, DetailScreen | ListScreen):
-                screen.refresh_marks()
+        self._marks_changed()
 
-    def compare_marked(self, current: str | None) -> None:
-        """Compare the two marked versions, or the one marked with `current`."""
+    def _marks_changed(self) -> None:
+        for screen in self.screen_stack:
+            if isinstance(screen, VersionScreen):
+                screen.refresh_marks(self.marked)
+
+    @on(VersionScreen.CompareRequested)
+    def _compare(self, event: VersionScreen.CompareRequested) -> None:
+        """Compare the two marked versions, or the one marked with the current one."""
         pair = list(self.marked)
-        if len(pair) == 1 and current and current != pair[0]:
-            pair.append(current)
+        if len(pair) == 1 and event.current and event.current != pair[0]:
+            pair.append(event.current)
         if len(pair) != 2:
             self.notify("Mark two versions with space, then press c.", severity="warning")
             return
         self.push_screen(CompareScreen(self.registry, pair[0], pair[1]))
 
-    def start_validation(self, ref: str) -> None:
-        """Validate `ref` against its registered base in a worker, with a progress screen."""
-        try:
-            from registry.validation import validate_version
-        except ImportError:
-            self.notify("Validation is not available in this build.", severity="warning")
+    @on(VersionScreen.ValidateRequested)
+    def _validate(self, event: VersionScreen.ValidateRequested) -> None:
+        """Validate against the registered base in a worker, with a progress screen."""
+        ref = event.ref
+
+        def where_base() -> str | None:
+            info = self.registry.resolve(ref)
+            base = self.registry.find_base(info.base_fingerprint) if info.base_fingerprint \
+                else None
+            return base.path if base is not None and base.path and Path(base.path).is_dir() \
+                else None
+
+        def start(base_dir: str | None) -> None:
+            if base_dir:
+                self._start_validation(ref, base_dir)
+            else:
+                self.push_screen(PromptScreen(f"Base model directory to validate {ref} against:"),
+                                 lambda typed: self._start_validation(ref, typed))
+
+        self.in_worker("validate", where_base, start)
+
+    def _start_validation(self, ref: str, base_dir: str | None) -> None:
+        if not base_dir:
             return
-        info = self._attempt("validate", lambda: self.registry.resolve(ref))
-        if info is None:
-            return
-        base = self.registry.find_base(info.base_fingerprint) if info.base_fingerprint else None
+        from registry.validation.options import ValidationOptions
 
-        def run(base_dir: str | None) -> None:
-            if not base_dir:
-                return
-            job = JobScreen(f"Validating {ref} against {base_dir}")
-            self.push_screen(job)
+        job = JobScreen(f"Validating {ref} against {base_dir}")
+        self.push_screen(job)
 
-            def work() -> None:
-                report = validate_version(self.registry, ref, base_dir,
-                                          on_progress=self._progress_to(job))
-                severity = "information" if report.status == "passed" else "error"
-                self.call_from_thread(self._job_done, job, f"{ref}: {report.status}",
-                                      "Validation finished", severity)
+        def work() -> None:
+            report = self.registry.validate(ref, ValidationOptions.build(base_dir),
+                                            on_progress=self._progress_to(job))
+            severity = "information" if report.status == "passed" else "error"
+            self.call_from_thread(self._job_done, job, f"{ref}: {report.status}",
+                                  "Validation finished", severity)
 
-            self.run_worker(self._guarded(job, "validation", work), thread=True, group="jobs",
-                            name=f"validate {ref}")
+        self.run_worker(self._guarded(job, "validation", work), thread=True, group="jobs",
+                        name=f"validate {ref}")
 
-        if base is not None and base.path and Path(base.path).is_dir():
-            run(base.path)
-        else:
-            self.push_screen(PromptScreen(f"Base model directory to validate {ref} against:"),
-                             run)
-
-    def start_push(self, ref: str) -> None:
-        """Push `ref` to the Hub in a worker, with a progress screen."""
+    @on(VersionScreen.PushRequested)
+    def _push(self, event: VersionScreen.PushRequested) -> None:
+        """Push to the Hub in a worker, with a progress screen."""
+        ref = event.ref
         try:
             from registry.hub import push
         except ImportError:
@@ -393,6 +416,7 @@ class AdaptApp(App[None]):
 
         self.push_screen(PromptScreen(f"Push {ref} to Hub repo:", placeholder="USER/NAME"), run)
 
+    # -- long jobs ---------------------------------------------------------------------------
     def _progress_to(self, job: JobScreen) -> Callable[[int, int | None], None]:
         def on_progress(done: int, total: int | None = None) -> None:
             self.call_from_thread(job.progress, done, total)
@@ -406,7 +430,7 @@ class AdaptApp(App[None]):
             try:
                 work()
             except Exception as error:  # a job's failure is reported, the app keeps running
-                self.call_from_thread(self._job_done, job, str(error), f"{what} failed",
+                self.call_from_thread(self._job_done, job, one_line(error), f"{what} failed",
                                       "error")
 
         return run
@@ -416,12 +440,6 @@ class AdaptApp(App[None]):
             job.dismiss(None)
         self.notify(message, title=title, severity=severity, timeout=10)
         self.refresh_views()
-
-
-def _untag(registry: Registry, name: str, tag: str) -> bool:
-    """Untag and say so (untag returns None, which `_attempt` reads as a caught error)."""
-    registry.untag(name, tag)
-    return True
 
 
 def make_app(registry: Registry, *, page_size: int = PAGE) -> AdaptApp:

@@ -2,66 +2,95 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane, Tabs, Tree
 
-from registry.errors import NotFound
-from tui.queries import adapter_versions, scores_across_versions, validation_runs
+from registry.errors import AdaptError, NotFound
+from tui.actions import VersionScreen, version_bindings
 from tui.render import (
-    check_items,
-    figure_items,
+    RunView,
     fmt_score,
     fmt_time,
     fmt_value,
+    human_bytes,
+    one_line,
+    run_view,
     sparkline,
     status_text,
 )
 
 if TYPE_CHECKING:
+    from registry.records import ScoreSeries, VersionDetail, VersionSummary
     from registry.registry import Registry
-    from tui.app import AdaptApp
 
 TABS = ("overview", "versions", "lineage", "scores", "validation", "files", "hub")
 OVERVIEW_SKIP = ("files", "parents", "children", "scores", "validation_runs", "hub")
 LINEAGE_DEPTH = 4
 
 
+@dataclass(frozen=True)
+class DetailData:
+    """Everything the tabs show, read in one worker."""
+
+    detail: VersionDetail
+    versions: list[VersionSummary]
+    series: list[ScoreSeries]
+    runs: list[RunView]
+    related: dict[str, VersionDetail | None]  # lineage: parents by ref (None: not registered)
+
+
+def read_detail(reg: Registry, ref: str) -> DetailData:
+    """Read version `ref` and what its tabs show, through the facade (runs in a worker)."""
+    detail = reg.show(ref)
+    related: dict[str, VersionDetail | None] = {}
+    frontier = [(p["ref"], 1) for p in detail.parents]
+    while frontier:
+        parent, depth = frontier.pop()
+        if parent in related:
+            continue
+        try:
+            related[parent] = found = reg.show(parent)
+        except NotFound:
+            related[parent] = None
+            continue
+        if depth < LINEAGE_DEPTH:
+            frontier += [(p["ref"], depth + 1) for p in found.parents]
+    return DetailData(detail, reg.adapter_versions(detail.name), reg.score_series(detail.name),
+                      read_runs(reg, detail), related)
+
+
+def read_runs(reg: Registry, detail: VersionDetail) -> list[RunView]:
+    """The version's validation runs, newest first, with checks, gates and figures."""
+    return [run_view(r) for r in reg.runs(detail.ref)]
+
+
 def _table(id: str, **kwargs: Any) -> DataTable[Any]:
     return DataTable(id=id, cursor_type="row", zebra_stripes=True, **kwargs)
 
 
-class DetailScreen(Screen[None]):
+class DetailScreen(VersionScreen):
     """Everything about version `ref`; Escape goes back to the list."""
 
     BINDINGS = [
         Binding("escape", "close", "Back"),
         *(Binding(str(i + 1), f"tab('{t}')", t.capitalize(), show=False)
           for i, t in enumerate(TABS)),
-        Binding("t", "tag", "Tag"),
-        Binding("u", "untag", "Untag", show=False),
-        Binding("e", "export", "Export", show=False),
-        Binding("d", "delete", "Delete", show=False),
-        Binding("space", "mark", "Mark for compare", show=False),
-        Binding("c", "compare", "Compare"),
-        Binding("V", "validate", "Validate", show=False),
-        Binding("P", "push", "Push", show=False),
+        *version_bindings(show_compare=True),
     ]
 
     def __init__(self, registry: Registry, ref: str) -> None:
         super().__init__()
         self.registry = registry
         self.ref = ref
-        self.data: dict[str, Any] = {}
-
-    @property
-    def adapt(self) -> AdaptApp:
-        return self.app  # type: ignore[return-value]
+        self.loaded: DetailData | None = None
+        self.data: Any = {}  # the VersionDetail shown (read once the first read is done)
+        self._generation = 0
 
     def compose(self) -> ComposeResult:
         yield Static(id="detail-title", classes="screen-title")
@@ -91,23 +120,39 @@ class DetailScreen(Screen[None]):
     # -- loading -----------------------------------------------------------------------------
     def refresh_data(self) -> None:
         """Read the version again (after a tag, a validation, a push); close if it is gone."""
+        self._generation += 1
+        self._read(self._generation, self.ref)
+
+    @work(thread=True, group="reads")
+    def _read(self, generation: int, ref: str) -> None:
         try:
-            self.data = self.registry.show(self.ref)
-        except NotFound:
+            data: DetailData | AdaptError | OSError = read_detail(self.registry, ref)
+        except (AdaptError, OSError) as error:
+            data = error
+        self.app.call_from_thread(self._show, generation, data)
+
+    def _show(self, generation: int, data: DetailData | AdaptError | OSError) -> None:
+        if generation != self._generation or not self.is_attached:
+            return  # a newer read superseded this one, or the screen was closed
+        if isinstance(data, NotFound):
             self.dismiss(None)
             return
-        d = self.data
-        self.ref = d["ref"]
-        tags = f"  tags: {', '.join(d['tags'])}" if d["tags"] else ""
-        rank = f" r{d['rank']}" if d["rank"] is not None else ""
+        if not isinstance(data, DetailData):
+            self.notify(one_line(data), title="read failed", severity="error", timeout=8)
+            return
+        self.loaded = data
+        d = self.data = data.detail
+        self.ref = d.ref
+        tags = f"  tags: {', '.join(d.tags)}" if d.tags else ""
+        rank = f" r{d.rank}" if d.rank is not None else ""
         self.query_one("#detail-title", Static).update(
-            Text.assemble((d["ref"], "bold"), f"  {d['method']}{rank}", (tags, "cyan"))
+            Text.assemble((d.ref, "bold"), f"  {d.method}{rank}", (tags, "cyan"))
         )
         self._overview()
-        self._versions()
-        self._lineage()
-        self._scores()
-        self._validation()
+        self._versions(data.versions)
+        self._lineage(data.related)
+        self._scores(data.series)
+        self._validation(data.runs)
         self._files()
         self._hub()
 
@@ -122,44 +167,44 @@ class DetailScreen(Screen[None]):
         counts = (f"{len(self.data[k])} {k.replace('_', ' ')}" for k in OVERVIEW_SKIP)
         table.add_row(Text("see tabs", style="bold"), ", ".join(counts))
 
-    def _versions(self) -> None:
+    def _versions(self, versions: list[VersionSummary]) -> None:
         table = self.query_one("#versions-table", DataTable)
         table.clear(columns=True)
         for key, label in (("mark", " "), ("version", "ver"), ("digest", "digest"),
                            ("method", "method"), ("rank", "rank"), ("tags", "tags"),
                            ("created", "created")):
             table.add_column(label, key=key)
-        for row in adapter_versions(self.registry, self.data["name"]):
-            current = row["version"] == self.data["version"]
+        for row in versions:
+            current = row.version == self.data["version"]
             table.add_row(
-                self._mark_cell(row["ref"]),
-                Text(str(row["version"]), style="bold reverse" if current else "bold"),
-                row["digest"].split(":", 1)[-1][:12],
-                row["method"],
-                fmt_value(row["rank"]),
-                Text(",".join(row["tags"]) or "-", style="cyan"),
-                fmt_time(row["created_at"]),
-                key=row["ref"],
+                self.mark_cell(row.ref),
+                Text(str(row.version), style="bold reverse" if current else "bold"),
+                row.digest.split(":", 1)[-1][:12],
+                row.method,
+                fmt_value(row.rank),
+                Text(",".join(row.tags) or "-", style="cyan"),
+                fmt_time(row.created_at),
+                key=row.ref,
             )
             if current:
                 table.move_cursor(row=table.row_count - 1)
 
-    def _mark_cell(self, ref: str) -> Text:
-        return Text("●", style="bold magenta") if ref in self.adapt.marked else Text("")
-
-    def refresh_marks(self) -> None:
+    def refresh_marks(self, marked: list[str]) -> None:
+        super().refresh_marks(marked)
         table = self.query_one("#versions-table", DataTable)
+        if "mark" not in {str(k.value) for k in table.columns}:
+            return  # nothing read yet
         for row_key in table.rows:
-            table.update_cell(row_key, "mark", self._mark_cell(str(row_key.value)))
+            table.update_cell(row_key, "mark", self.mark_cell(str(row_key.value)))
 
-    def _lineage(self) -> None:
+    def _lineage(self, related: dict[str, VersionDetail | None]) -> None:
         tree: Tree[str] = self.query_one("#lineage-tree", Tree)
         tree.clear()
         d = self.data
         tree.root.set_label(Text.assemble((d["ref"], "bold"), f"  {d['method']}"))
         tree.root.data = d["ref"]
         seen = {d["ref"]}
-        self._add_parents(tree.root, d["parents"], seen, 1)
+        self._add_parents(tree.root, d["parents"], related, seen, 1)
         if not d["parents"]:
             tree.root.add_leaf(Text("no parents: registered directly", style="dim"))
         if d["children"]:
@@ -168,13 +213,13 @@ class DetailScreen(Screen[None]):
                 used.add_leaf(f"{child['ref']}  ({child['role']})", data=child["ref"])
         tree.root.expand()
 
-    def _add_parents(self, node: Any, parents: list[dict[str, Any]], seen: set[str],
+    def _add_parents(self, node: Any, parents: list[dict[str, Any]],
+                     related: dict[str, VersionDetail | None], seen: set[str],
                      depth: int) -> None:
         for p in parents:
             weight = f"  weight {fmt_score(p['weight'])}" if p["weight"] is not None else ""
-            try:
-                parent = self.registry.show(p["ref"])
-            except NotFound:
+            parent = related.get(p["ref"])
+            if parent is None:
                 node.add_leaf(Text.assemble((p["ref"], "bold"), f"  {p['role']}{weight}",
                                             ("  (not in this registry)", "dim")))
                 continue
@@ -184,12 +229,12 @@ class DetailScreen(Screen[None]):
                 node.add_leaf(label, data=parent["ref"])
                 continue
             branch = node.add(label, data=parent["ref"], expand=True)
-            self._add_parents(branch, parent["parents"], seen | {parent["ref"]}, depth + 1)
+            self._add_parents(branch, parent["parents"], related, seen | {parent["ref"]},
+                              depth + 1)
 
-    def _scores(self) -> None:
+    def _scores(self, series: list[ScoreSeries]) -> None:
         table = self.query_one("#scores-table", DataTable)
         table.clear(columns=True)
-        series = scores_across_versions(self.registry, self.data["name"])
         versions = sorted({v for s in series for v in s.values})[-8:]  # the latest eight
         table.add_columns("metric", "dataset", *(f"v{v}" for v in versions), "trend")
         for s in series:
@@ -205,43 +250,36 @@ class DetailScreen(Screen[None]):
                     "No scores yet. Record one with:\n"
                     f"  adapt score {self.data['ref']} --metric ppl --value 7.3")
 
-    def _validation(self) -> None:
+    def _validation(self, runs: list[RunView]) -> None:
         table = self.query_one("#validation-table", DataTable)
         table.clear(columns=True)
         table.add_columns("run", "check", "result", "detail")
-        runs = validation_runs(self.registry, self.data_id)
         for run in runs:
             table.add_row(
                 Text(f"#{run.id}", style="bold"),
-                Text(f"{run.device}", style="bold"),
+                Text(run.device, style="bold"),
                 status_text(run.status),
                 f"{fmt_time(run.started_at)} → {fmt_time(run.finished_at)}",
             )
-            for name, status, summary in check_items(run.checks):
+            for name, status, summary in run.checks:
                 table.add_row("", name, status_text(status), summary)
-            for gate in run.gates or []:
-                passed = gate.get("passed")
-                table.add_row("", f"gate {gate.get('name') or gate.get('expr', '?')}",
-                              status_text("passed" if passed else "failed"),
-                              str(gate.get("expr", gate.get("detail", ""))))
-            figures = figure_items(run.figures)
-            if figures:
+            for gate in run.gates:
+                # the stored status, and the figures it read as measured, beside the expression
+                detail = f"measured {gate.measured}"
+                if gate.message:
+                    detail += f"  ({gate.message})"
+                table.add_row("", f"gate {gate.expr}", status_text(gate.status), detail)
+            if run.figures:
                 table.add_row("", "figures", "",
-                              "  ".join(f"{k}={v}" for k, v in figures if v != "-"))
+                              "  ".join(f"{k}={v}" for k, v in run.figures if v != "-"))
         self._empty("validation", not runs,
                     "No validation runs yet. Press V to validate, or run:\n"
                     f"  adapt validate {self.data['ref']} --base DIR")
-
-    @property
-    def data_id(self) -> int:
-        return int(self.registry.resolve(self.data["ref"]).id)
 
     def _files(self) -> None:
         table = self.query_one("#files-table", DataTable)
         table.clear(columns=True)
         table.add_columns("path", "size", "sha256")
-        from registry.cli.output import human_bytes
-
         for f in self.data["files"]:
             table.add_row(Text(f["path"], style="bold"), human_bytes(f["size"]), f["sha256"])
 
@@ -281,14 +319,17 @@ class DetailScreen(Screen[None]):
                 widget.focus()
                 break
 
-    def _versions_selected_ref(self) -> str:
+    def acted_ref(self) -> str | None:
         """The version the keys act on: the highlighted one on the Versions tab, else this one."""
         if self.query_one(TabbedContent).active == "versions":
             table = self.query_one("#versions-table", DataTable)
             if table.row_count:
                 key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
                 return str(key.value)
-        return str(self.data["ref"])
+        return self.ref
+
+    def compare_ref(self) -> str | None:
+        return self.ref
 
     @on(DataTable.RowSelected, "#versions-table")
     def _open_version(self, event: DataTable.RowSelected) -> None:
@@ -297,33 +338,9 @@ class DetailScreen(Screen[None]):
 
     @on(Tree.NodeSelected, "#lineage-tree")
     def _open_parent(self, event: Tree.NodeSelected[str]) -> None:
-        if event.node.data and event.node.data != self.data["ref"]:
+        if event.node.data and event.node.data != self.ref:
             self.ref = event.node.data
             self.refresh_data()
 
     def action_close(self) -> None:
         self.dismiss(None)
-
-    def action_tag(self) -> None:
-        self.adapt.ask_tag(self._versions_selected_ref())
-
-    def action_untag(self) -> None:
-        self.adapt.ask_untag(self._versions_selected_ref())
-
-    def action_export(self) -> None:
-        self.adapt.ask_export(self._versions_selected_ref())
-
-    def action_delete(self) -> None:
-        self.adapt.ask_delete(self._versions_selected_ref())
-
-    def action_mark(self) -> None:
-        self.adapt.toggle_mark(self._versions_selected_ref())
-
-    def action_compare(self) -> None:
-        self.adapt.compare_marked(self.data["ref"])
-
-    def action_validate(self) -> None:
-        self.adapt.start_validation(self._versions_selected_ref())
-
-    def action_push(self) -> None:
-        self.adapt.start_push(self._versions_selected_ref())

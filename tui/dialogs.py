@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, OptionList, ProgressBar
 from textual.widgets.option_list import Option
 
-from tui.queries import BaseChoice
+from registry.records import BaseChoice
 
 
 class ConfirmScreen(ModalScreen[bool]):

@@ -1,13 +1,20 @@
-"""Plain-text renderings shared by the TUI's widgets: times, scores, sparklines, checks."""
+"""Plain-text renderings shared by the TUI's widgets: times, sizes, scores, sparklines, runs.
+
+The TUI formats its own values (it does not import `registry.cli`).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from registry.catalog.runs import RunRecord
 
 SPARK = "▁▂▃▄▅▆▇█"
 STATUS_STYLE = {
@@ -39,6 +46,23 @@ def fmt_value(value: Any) -> str:
     if isinstance(value, dict | list | tuple):
         return json.dumps(value, sort_keys=True, default=str)
     return str(value)
+
+
+def human_bytes(n: int | float | None) -> str:
+    """A size in decimal units, as `adapt show` prints it."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line of a notification (OS errors can carry newlines in paths)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def fmt_score(value: float) -> str:
@@ -116,3 +140,50 @@ def figure_items(figures: Any) -> list[tuple[str, str]]:
         (name, fmt_score(v) if isinstance(v, float) else fmt_value(v))
         for name, v in sorted(figures.items())
     ]
+
+
+@dataclass(frozen=True)
+class GateLine:
+    """A stored gate as the Validation tab shows it: expression, status, measured values."""
+
+    expr: str
+    status: str
+    measured: str  # "ppl=8.25, base_ppl=8.1", or "-" when the gate read nothing
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class RunView:
+    """One validation run as the Validation tab shows it."""
+
+    id: int
+    status: str
+    device: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    checks: list[tuple[str, str, str]]
+    gates: list[GateLine]
+    figures: list[tuple[str, str]]
+
+
+def gate_line(gate: Any) -> GateLine:
+    """A gate stored as a record (expr, status, values) or as a dict (older runs: `passed`)."""
+    get = gate.get if isinstance(gate, dict) else (lambda k, d=None: getattr(gate, k, d))
+    status = get("status")
+    if status is None:
+        passed = get("passed")
+        status = "error" if passed is None else ("passed" if passed else "failed")
+    values = get("values") or {}
+    measured = ", ".join(
+        f"{k}={'not measured' if v is None else fmt_score(v) if isinstance(v, float) else v}"
+        for k, v in values.items()
+    ) if isinstance(values, dict) else ""
+    expr = str(get("expr") or get("name") or "?")
+    return GateLine(expr, str(status), measured or "-", get("message"))
+
+
+def run_view(run: RunRecord) -> RunView:
+    """A RunView of a stored run (`Registry.runs`)."""
+    return RunView(int(run.id), str(run.status), str(run.device), run.started_at,
+                   run.finished_at, [(c.name, c.status, c.summary) for c in run.checks],
+                   [gate_line(g) for g in run.gates], figure_items(run.figures))

@@ -11,10 +11,11 @@ from textual.message import Message
 from textual.widgets import DataTable
 from textual.worker import get_current_worker
 
-from tui.queries import ListFilter, base_names, short_base
+from tui.filters import ListFilter, short_base
 from tui.render import best_score, fmt_time
 
 if TYPE_CHECKING:
+    from registry.records import VersionSummary
     from registry.registry import Registry
 
 PAGE = 100
@@ -32,18 +33,24 @@ COLUMNS = (
 SERVER_ORDERS = ("name", "method", "rank", "updated")
 
 
-def _local_key(column: str, row: dict[str, Any]) -> Any:
+def base_label(row: VersionSummary, bases: dict[str, str]) -> str:
+    """The base column: the registered base's name, else the last part of the model id."""
+    fp = row.base_fingerprint
+    return bases[fp] if fp in bases else short_base(row.base_model)
+
+
+def _local_key(column: str, row: VersionSummary, bases: dict[str, str]) -> Any:
     """Sort key for a column the database cannot order by; missing values sort last."""
     if column == "version":
-        return (0, row["version"], row["name"])
+        return (0, row.version, row.name)
     if column == "base":
-        return (0, row.get("_base", ""), row["name"])
+        return (0, base_label(row, bases), row.name)
     if column == "best":
-        value = best_score(row["scores"])[1]
-        return (value is None, value or 0.0, row["name"])
+        value = best_score(row.scores)[1]
+        return (value is None, value or 0.0, row.name)
     if column == "tags":
-        return (not row["tags"], ",".join(row["tags"]), row["name"])
-    return (0, str(row.get(column)), row["name"])
+        return (not row.tags, ",".join(row.tags), row.name)
+    return (0, str(row.get(column)), row.name)
 
 
 class VersionTable(DataTable[Any]):
@@ -65,7 +72,7 @@ class VersionTable(DataTable[Any]):
         self.sort_column = "name"
         self.descending = False
         self.total = 0
-        self.loaded: list[dict[str, Any]] = []
+        self.loaded: list[VersionSummary] = []
         self._busy = False
         self._generation = 0
         self._bases: dict[str, str] = {}
@@ -95,7 +102,7 @@ class VersionTable(DataTable[Any]):
     def _fetch(self, generation: int, offset: int, reset: bool, keep: str | None) -> None:
         reg, kw = self.registry, self.list_filter.kwargs()
         total = reg.count_versions(**kw) if reset else self.total
-        bases = base_names(reg) if reset else self._bases
+        bases = reg.base_names() if reset else self._bases
         if self.sort_column not in SERVER_ORDERS:
             # a column the database does not order by: sort everything that matches here
             rows = reg.list_versions(**kw) if reset else []
@@ -108,15 +115,13 @@ class VersionTable(DataTable[Any]):
             start = max(end - self.page_size, 0)
             rows = reg.list_versions(**kw, order=self.sort_column, limit=end - start, offset=start)
             rows.reverse()
-        for row in rows:
-            fp = row.get("base_fingerprint")
-            row["_base"] = bases.get(fp) if fp in bases else short_base(row.get("base_model"))
         if self.sort_column not in SERVER_ORDERS:
-            rows.sort(key=lambda r: _local_key(self.sort_column, r), reverse=self.descending)
+            rows.sort(key=lambda r: _local_key(self.sort_column, r, bases),
+                      reverse=self.descending)
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self._apply, generation, rows, total, bases, reset, keep)
 
-    def _apply(self, generation: int, rows: list[dict[str, Any]], total: int,
+    def _apply(self, generation: int, rows: list[VersionSummary], total: int,
                bases: dict[str, str], reset: bool, keep: str | None) -> None:
         if generation != self._generation:
             return  # a newer filter or sort superseded this page
@@ -126,25 +131,25 @@ class VersionTable(DataTable[Any]):
             self.loaded = []
             self.clear()
         for row in rows:
-            self.add_row(*self._cells(row), key=row["ref"])
+            self.add_row(*self._cells(row), key=row.ref)
         self.loaded.extend(rows)
-        if reset and keep is not None and keep in {r["ref"] for r in rows}:
+        if reset and keep is not None and keep in {r.ref for r in rows}:
             self.move_cursor(row=self.get_row_index(keep))
         self._label_sorted_column()
         filtered = any(self.list_filter.kwargs().values())
         self.post_message(self.Loaded(total, len(self.loaded), filtered))
 
-    def _cells(self, row: dict[str, Any]) -> list[Any]:
-        best, _ = best_score(row["scores"])
+    def _cells(self, row: VersionSummary) -> list[Any]:
+        best, _ = best_score(row.scores)
         return [
-            Text(row["name"], style="bold"),
-            str(row["version"]),
-            row["method"],
-            "-" if row["rank"] is None else str(row["rank"]),
-            row["_base"],
+            Text(row.name, style="bold"),
+            str(row.version),
+            row.method,
+            "-" if row.rank is None else str(row.rank),
+            base_label(row, self._bases),
             best,
-            Text(",".join(row["tags"]) or "-", style="cyan" if row["tags"] else "dim"),
-            fmt_time(row["created_at"])[:10],
+            Text(",".join(row.tags) or "-", style="cyan" if row.tags else "dim"),
+            fmt_time(row.created_at)[:10],
         ]
 
     def _label_sorted_column(self) -> None:
@@ -185,6 +190,6 @@ class VersionTable(DataTable[Any]):
             return None
         return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
 
-    def selected_row(self) -> dict[str, Any] | None:
+    def selected_row(self) -> VersionSummary | None:
         ref = self.selected_ref
-        return next((r for r in self.loaded if r["ref"] == ref), None)
+        return next((r for r in self.loaded if r.ref == ref), None)

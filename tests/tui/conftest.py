@@ -79,6 +79,8 @@ def populated(registry: Registry, tiny_base: Path, fixed_loras: tuple[Path, Path
             checks={"integrity": {"status": "passed", "summary": "2 files match"},
                     "health": {"status": "warn", "summary": "1 module norm above 10"}},
             figures={"ppl": 8.25, "latency_ms": 12.5},
+            gates=[{"expr": "ppl <= 9", "name": None, "status": "passed",
+                    "values": {"ppl": 8.25}, "message": None}],
             started_at=T0, finished_at=T0 + timedelta(minutes=2)))
         s.add(HubLink(version_id=v2.id, repo="acme/support-lora", commit="0123456789abcdef",
                       tag="v2"))

@@ -53,5 +53,6 @@ def test_lineage_tab_of_a_composed_version(snap_compare: Any, populated: Registr
 
 
 def test_compare_screen(snap_compare: Any, populated: Registry) -> None:
+    """Both versions' columns fit side by side in an 80x24 terminal."""
     run_before = keys("down", "enter", "2", "space", "up", "space", "c")
-    assert snap_compare(make_app(populated), terminal_size=(100, 30), run_before=run_before)
+    assert snap_compare(make_app(populated), terminal_size=(80, 24), run_before=run_before)
