@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from registry.errors import InvalidModel
+from registry.safeparse import ParseLimitError, cap, load_json
 from registry.safetensors_header import HeaderError, SafetensorsHeader, TensorInfo, read_header
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -39,9 +39,9 @@ class Checkpoint:
         cfg = self.path / "config.json"
         if cfg.is_file():
             try:
-                data = json.loads(cfg.read_text())
+                data = load_json(cfg.read_bytes())
                 return data if isinstance(data, dict) else {}
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ParseLimitError, OSError):
                 return {}
         return {}
 
@@ -67,11 +67,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         indexes = sorted(path.glob("*" + INDEX_SUFFIX))
         index_file = indexes[0] if indexes else None
         if index_file is not None:
-            try:
-                weight_map = json.loads(index_file.read_text())["weight_map"]
-            except (KeyError, json.JSONDecodeError, UnicodeDecodeError):
-                raise InvalidModel(path, f"{index_file.name} is not a valid index") from None
-            files = [path / f for f in dict.fromkeys(weight_map.values())]
+            files = [path / f for f in dict.fromkeys(_weight_map(path, index_file).values())]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise InvalidModel(
@@ -89,9 +85,33 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             header = read_header(f)
         except HeaderError as error:
             raise InvalidModel(f, str(error)) from None
+        except OSError as error:  # unreadable, or a directory named like a shard
+            raise InvalidModel(f, f"cannot read it: {error.strerror or error}") from None
         for name in header.tensors:
             if name in seen:
                 raise InvalidModel(root, f"tensor {name} appears in {seen[name].name} and {f.name}")
             seen[name] = f
         headers[f] = header
     return Checkpoint(root, files, headers, index_file)
+
+
+def _weight_map(root: Path, index_file: Path) -> dict[str, str]:
+    """The index's tensor -> shard file map, checked: names are strings and every shard is a
+    plain file name inside the model directory (a hostile index must not point elsewhere)."""
+    try:
+        data = load_json(index_file.read_bytes(), max_bytes=64 * 1024 * 1024)
+    except ParseLimitError as error:
+        raise InvalidModel(root, f"{index_file.name} is not a valid index: {error}") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise InvalidModel(root, f"{index_file.name} is not a valid index: no weight_map object")
+    for tensor, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise InvalidModel(root, f"{index_file.name}: weight_map[{cap(repr(tensor), 80)}] "
+                               "is not a file name")
+        parts = PurePosixPath(shard).parts
+        if (not shard.endswith(".safetensors") or "\\" in shard or not parts
+                or PurePosixPath(shard).is_absolute() or ".." in parts or "\0" in shard):
+            raise InvalidModel(root, f"{index_file.name}: shard {cap(repr(shard), 80)} is not a "
+                               ".safetensors file inside the model directory")
+    return weight_map

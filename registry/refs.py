@@ -12,6 +12,9 @@ from registry.errors import InvalidName, InvalidReference
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 _HEX_RE = re.compile(r"^[0-9a-f]{4,64}$")
+# ASCII digits only (str.isdigit accepts '١' and '²'); versions fit a signed 32-bit column
+_VERSION_RE = re.compile(r"^[0-9]{1,10}$", re.ASCII)
+MAX_VERSION = 2**31 - 1
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -48,8 +51,9 @@ class Ref:
             return cls(digest=prefix)
         if "@" in text:
             name, _, version = text.partition("@")
-            if not version.isdigit() or int(version) < 1:
-                raise InvalidReference(text, "a version is a positive integer")
+            if not _VERSION_RE.match(version) or not 1 <= int(version) <= MAX_VERSION:
+                raise InvalidReference(
+                    text, f"a version is a positive integer up to {MAX_VERSION} (ASCII digits)")
             return cls(name=_checked(text, name), version=int(version))
         if ":" in text:
             name, _, tag = text.partition(":")

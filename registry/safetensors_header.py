@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from registry.safeparse import ParseLimitError, cap, load_json
 
 # bytes per element of each safetensors dtype
 DTYPE_SIZES: dict[str, float] = {
@@ -17,6 +18,8 @@ DTYPE_SIZES: dict[str, float] = {
     "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75,
 }
 MAX_HEADER = 100 * 1024 * 1024
+MAX_HEADER_DEPTH = 8  # {name: {"shape": [...]}} and {"__metadata__": {...}} nest 3 deep
+MAX_DIMS = 16
 
 
 @dataclass(frozen=True)
@@ -67,39 +70,43 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             )
         blob = f.read(n)
     try:
-        header = json.loads(blob)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HeaderError(f"header is not valid JSON ({error.__class__.__name__})") from None
+        header = load_json(blob, max_bytes=MAX_HEADER, max_depth=MAX_HEADER_DEPTH)
+    except ParseLimitError as error:
+        raise HeaderError(f"header is not usable: {error}") from None
     if not isinstance(header, dict):
         raise HeaderError("header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(v, str) for v in metadata.values()
+    ):
+        raise HeaderError("__metadata__ is not an object of strings")
     data_start = 8 + n
     data_len = file_size - data_start
     tensors: dict[str, TensorInfo] = {}
     spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
-        try:
-            dtype = info["dtype"]
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise HeaderError(f"tensor {name}: malformed header entry") from None
+        entry = _entry(info)
+        if entry is None:
+            raise HeaderError(f"tensor {cap(name, 120)}: malformed header entry (dtype must be a "
+                              "string, shape a list of integers, data_offsets two integers)")
+        dtype, shape, (begin, end) = entry
         if dtype not in DTYPE_SIZES:
-            raise HeaderError(f"tensor {name}: unknown dtype {dtype}")
+            raise HeaderError(f"tensor {cap(name, 120)}: unknown dtype {cap(dtype, 20)}")
         if begin < 0 or end < begin or end > data_len:
             raise HeaderError(
-                f"tensor {name}: data offsets [{begin}, {end}) lie outside the "
+                f"tensor {cap(name, 120)}: data offsets [{begin}, {end}) lie outside the "
                 f"{data_len} data bytes (truncated or lying header)"
             )
         numel = 1
         for d in shape:
             if d < 0:
-                raise HeaderError(f"tensor {name}: negative dimension")
+                raise HeaderError(f"tensor {cap(name, 120)}: negative dimension")
             numel *= d
-        expected = numel * DTYPE_SIZES[dtype]
-        if end - begin != expected:
+        bits = numel * int(DTYPE_SIZES[dtype] * 8)  # integers: a huge shape cannot overflow
+        expected = bits / 8 if bits < 2**64 else float("inf")
+        if (end - begin) * 8 != bits:
             raise HeaderError(
-                f"tensor {name}: {end - begin} bytes for {dtype}{list(shape)}, "
+                f"tensor {cap(name, 120)}: {end - begin} bytes for {dtype}{list(shape)}, "
                 f"expected {expected:g}"
             )
         start, stop = data_start + begin, data_start + end
@@ -110,9 +117,27 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     for begin, end, name in spans:
         if begin != cursor:
             raise HeaderError(
-                f"tensor {name}: data offsets overlap or leave a hole at byte {cursor}"
+                f"tensor {cap(name, 120)}: data offsets overlap or leave a hole at byte {cursor}"
             )
         cursor = end
     if cursor != data_len:
         raise HeaderError(f"data section is {data_len} bytes but tensors cover {cursor}")
     return SafetensorsHeader(path, tensors, dict(metadata), data_start, file_size)
+
+
+def _entry(info: object) -> tuple[str, tuple[int, ...], tuple[int, int]] | None:
+    """(dtype, shape, offsets) if `info` has exactly the types safetensors writes, else None."""
+    if not isinstance(info, dict):
+        return None
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+
+    def is_int(x: object) -> bool:  # JSON booleans are Python ints; floats are not offsets
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if not isinstance(dtype, str) or not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        return None
+    if not isinstance(offsets, list) or len(offsets) != 2:
+        return None
+    if not all(is_int(d) for d in shape) or not all(is_int(x) for x in offsets):
+        return None
+    return dtype, tuple(shape), (offsets[0], offsets[1])
