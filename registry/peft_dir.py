@@ -6,7 +6,6 @@ Everything here works from `adapter_config.json` and the safetensors header, wit
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -15,6 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import InvalidAdapter, NonFiniteTensor, PickleRefused
+from registry.patterns import PatternError, check_pattern_keys, compile_regex
+from registry.patterns import pattern_key as _bounded_pattern_key
+from registry.safeparse import ParseLimitError, cap, load_json
 from registry.safetensors_header import HeaderError, SafetensorsHeader, TensorInfo, read_header
 
 if TYPE_CHECKING:
@@ -171,11 +173,13 @@ class AdapterDir:
 
 
 def pattern_key(pattern_keys: Iterable[str], module: str) -> str:
-    """The first pattern that matches `module` the way PEFT's get_pattern_key matches it."""
-    for key in pattern_keys:
-        if re.match(rf"(.*\.)?({key})$", module):
-            return key
-    return module
+    """The first pattern that matches `module` the way PEFT's get_pattern_key matches it.
+
+    The keys come from a file: they run on a bounded matcher (registry.patterns), never on
+    Python's backtracking engine, so `(.*)*X` cannot hang adapt.
+    """
+    return _bounded_pattern_key(pattern_keys, module)
+
 
 
 def read_adapter_dir(
@@ -194,13 +198,16 @@ def read_adapter_dir(
     if not config_path.is_file():
         raise InvalidAdapter(path, f"no {CONFIG_NAME}", "is this a PEFT adapter directory?")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = load_json(config_path.read_bytes(), max_bytes=CONFIG_MAX_BYTES)
     except PermissionError:
         raise InvalidAdapter(path, f"{CONFIG_NAME} is not readable") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidAdapter(path, f"{CONFIG_NAME} is not valid JSON: {error}") from None
+    except ParseLimitError as error:
+        raise InvalidAdapter(path, f"{CONFIG_NAME} is not usable: {error}") from None
     if not isinstance(config, dict):
         raise InvalidAdapter(path, f"{CONFIG_NAME} is not a JSON object")
+    problem = config_problem(config)
+    if problem:
+        raise InvalidAdapter(path, f"{CONFIG_NAME}: {problem}")
     peft_type = str(config.get("peft_type", "")).upper()
     if not peft_type:
         raise InvalidAdapter(path, f"{CONFIG_NAME} has no peft_type")
@@ -222,6 +229,69 @@ def read_adapter_dir(
     if check:
         check_factors(adapter)
     return adapter
+
+
+CONFIG_MAX_BYTES = 16 * 1024 * 1024
+MAX_RANK = 1 << 20  # far above any real adapter; a guard against absurd values from a file
+MAX_ALPHA = 1e9
+
+
+def config_problem(config: Mapping[str, Any]) -> str | None:
+    """What is wrong with the types and values of an adapter config's fields, or None.
+
+    PEFT trusts these fields; a file may not: a string `modules_to_save` would be iterated as
+    characters, `r = 0` divides by zero, a non-regular rank_pattern key could hang.
+    """
+    peft_type = config.get("peft_type")
+    if not isinstance(peft_type, str):
+        return "peft_type is not a string"
+    for key in ("r", "lora_alpha", "alpha"):
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{key} is {type(value).__name__}, not a number"
+        # OFT and BOFT save r = 0 when the block size decides the number of blocks
+        low = 0 if peft_type.upper() in {"OFT", "BOFT"} else 1
+        if key == "r" and (not float(value).is_integer() or not low <= value <= MAX_RANK):
+            return f"r = {cap(repr(value), 40)} is not a positive integer up to {MAX_RANK}"
+        if key != "r" and not (math.isfinite(value) and abs(value) <= MAX_ALPHA):
+            return f"{key} = {cap(repr(value), 40)} is not a finite number up to {MAX_ALPHA:g}"
+    for key, kind in (("rank_pattern", "rank"), ("alpha_pattern", "alpha")):
+        patterns = config.get(key)
+        if patterns is None:
+            continue
+        if not isinstance(patterns, dict):
+            return f"{key} is {type(patterns).__name__}, not an object of pattern: {kind}"
+        for pattern, value in patterns.items():
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if ok and kind == "rank":
+                ok = float(value).is_integer() and 1 <= value <= MAX_RANK
+            if ok and kind == "alpha":
+                ok = math.isfinite(value) and abs(value) <= MAX_ALPHA
+            if not ok:
+                return (f"{key}[{cap(repr(pattern), 60)}] = {cap(repr(value), 40)} is not a "
+                        f"valid {kind}")
+        try:
+            check_pattern_keys(patterns)
+        except PatternError as error:
+            return f"{key}: {error}"
+    for key in ("target_modules", "modules_to_save", "feedforward_modules"):
+        value = config.get(key)
+        if isinstance(value, str) and key == "feedforward_modules":
+            try:  # adapt's IA3 merge runs it (registry.patterns.fullmatch)
+                compile_regex(rf"(?:{value})\Z")
+            except PatternError as error:
+                return f"{key}: {error}"
+            continue
+        if value is None or (isinstance(value, str) and key == "target_modules"):
+            continue  # PEFT reads a string target_modules as a regular expression; adapt never
+        if isinstance(value, str):
+            return (f"{key} is a string ({cap(repr(value), 40)}); PEFT expects a list of module "
+                    f"names, e.g. [{cap(repr(value), 40)}]")
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"{key} is not a list of module names"
+    return None
 
 
 def group_tensors(
