@@ -141,6 +141,63 @@ def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+MANIFEST_MAX_BYTES = 16 * 1024 * 1024
+MANIFEST_MAX_DEPTH = 32  # figures and recipe params nest; 32 is far above what adapt writes
+_INT64 = 2**63 - 1
+# fields the schema types as integers, which a database column stores as a 64-bit integer
+_INT_FIELDS = ("version", "rank", "params", "size_bytes")
+
+
+def parse_manifest(data: bytes | str) -> dict[str, Any]:
+    """A manifest from the Hub, parsed with bounds and checked beyond its schema.
+
+    Raises ValueError (one short line) for a manifest that is too large or deep, has a
+    non-finite or out-of-range number, a float where an integer belongs (`1e30` passes JSON
+    Schema's "integer"), or a time that is not ISO 8601.
+    """
+    from registry.errors import UsageError
+    from registry.safeparse import cap, load_json
+    from registry.schemas import validate
+
+    manifest = load_json(data, max_bytes=MANIFEST_MAX_BYTES, max_depth=MANIFEST_MAX_DEPTH)
+    try:
+        validate(manifest, "adapter-manifest")
+    except UsageError as error:
+        raise ValueError(cap(str(error))) from None
+    for where, value in _integer_fields(manifest):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or abs(value) > _INT64
+        ):
+            raise ValueError(f"{where} = {cap(repr(value), 40)} is not a 64-bit integer")
+    for where, value in _time_fields(manifest):
+        if value is None:
+            continue
+        try:
+            parse_time(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where} = {cap(repr(value), 60)} is not an ISO 8601 time") \
+                from None
+    return manifest
+
+
+def _integer_fields(m: dict[str, Any]) -> list[tuple[str, Any]]:
+    out = [(k, m.get(k)) for k in _INT_FIELDS]
+    out += [(f"rank_pattern/{k}", v) for k, v in (m.get("rank_pattern") or {}).items()]
+    out += [(f"files/{i}/size", f.get("size")) for i, f in enumerate(m["files"])]
+    out += [(f"scores/{i}/run_id", s.get("run_id")) for i, s in enumerate(m["scores"])]
+    out += [(f"validation_runs/{i}/id", r.get("id"))
+            for i, r in enumerate(m["validation_runs"])]
+    return out
+
+
+def _time_fields(m: dict[str, Any]) -> list[tuple[str, Any]]:
+    out = [("created_at", m.get("created_at"))]
+    out += [(f"scores/{i}/created_at", s.get("created_at")) for i, s in enumerate(m["scores"])]
+    for i, r in enumerate(m["validation_runs"]):
+        out += [(f"validation_runs/{i}/{k}", r.get(k)) for k in ("started_at", "finished_at")]
+    return out
+
+
 def build_manifest(reg: Registry, ref: str) -> dict[str, Any]:
     """The `adapt.json` object for one version (valid against MANIFEST_SCHEMA)."""
     shown = reg.show(ref)

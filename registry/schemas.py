@@ -47,12 +47,14 @@ def validate(instance: Any, stem: str) -> None:
     import jsonschema
 
     from registry.errors import UsageError
+    from registry.safeparse import cap
 
     try:
         jsonschema.validate(instance, load_schema(stem))
     except jsonschema.ValidationError as error:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise UsageError(f"invalid {stem}: at {where}: {error.message}") from None
+        # capped: the message quotes the offending instance, which may be huge
+        raise UsageError(f"invalid {stem}: at {cap(where, 80)}: {cap(error.message)}") from None
 
 
 def main(argv: list[str]) -> int:
