@@ -30,17 +30,20 @@ def parse_input(text: str) -> tuple[str, float]:
 
 
 def load_recipe(path: Path) -> dict[str, Any]:
-    """A YAML (or JSON) recipe, validated against the compose-recipe schema."""
-    import yaml
+    """A YAML (or JSON) recipe, validated against the compose-recipe schema.
 
+    Parsed with bounds (registry.safeparse): no YAML aliases (a billion-laughs recipe), no deep
+    nesting, no NaN/Inf, at most 1 MB; every refusal is one short line, exit 2.
+    """
+    from registry.safeparse import ParseLimitError, load_yaml
     from registry.schemas import validate
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_bytes())
     except OSError as error:
         raise UsageError(f"cannot read recipe {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise UsageError(f"recipe {path} is not valid YAML: {error}") from None
+    except ParseLimitError as error:
+        raise UsageError(f"recipe {path} is not usable: {error}") from None
     validate(data, "compose-recipe")
     return data
 

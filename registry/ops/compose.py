@@ -44,6 +44,7 @@ __all__ = ["DENSE_METHODS", "FACTORED_METHODS", "METHODS", "RECIPE_SCHEMA", "Com
            "ComposeResult", "combine_dense", "compose_lora"]
 
 METHODS = COMPOSE_METHODS
+MAX_COMPOSE_RANK = 65536  # above any layer's width in practice; 1e20 is refused, not allocated
 
 RECIPE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -67,9 +68,9 @@ RECIPE_SCHEMA: dict[str, Any] = {
             },
         },
         "method": {"type": "string", "enum": list(METHODS)},
-        "rank": {"type": ["integer", "null"], "minimum": 1},
+        "rank": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_COMPOSE_RANK},
         "density": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
-        "seed": {"type": ["integer", "null"]},
+        "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**63 - 1},
         "name": {"type": "string", "minLength": 1},
     },
 }

@@ -116,8 +116,10 @@ class ComposeOptions:
         if method not in COMPOSE_METHODS:
             raise UsageError(f"unknown compose method {method!r}",
                              f"use one of {', '.join(COMPOSE_METHODS)}")
-        if rank is not None and rank < 1:
-            raise UsageError(f"--rank must be >= 1, got {rank}")
+        if rank is not None and not 1 <= rank <= 65536:  # 1e20 would reach torch's allocator
+            raise UsageError(f"--rank must be in [1, 65536], got {rank}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise UsageError(f"--seed must be in [0, 2**63), got {self.seed}")
         if method == "cat" and rank is not None:
             raise UsageError("cat is exact and keeps every rank", "drop --rank or use --method svd")
         if density is not None and not (math.isfinite(density) and 0 < density <= 1):
