@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from registry.errors import NotFound, UsageError
+from registry.safeparse import ParseLimitError, load_json
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "eval" / "default.jsonl"
 DEFAULT_NAME = "adapt-default-eval"
+MAX_LINE_BYTES = 16 * 1024 * 1024
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
 
@@ -38,6 +39,8 @@ def load_texts(data: str | Path | None, max_samples: int | None = None) -> EvalT
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise UsageError(f"eval data {path} is not UTF-8 text") from None
+    except OSError as error:
+        raise UsageError(f"cannot read eval data {path}: {error.strerror or error}") from None
     jsonl = path.suffix in {".jsonl", ".json"} or (
         bool(lines) and lines[0].lstrip().startswith("{")
     )
@@ -46,10 +49,10 @@ def load_texts(data: str | Path | None, max_samples: int | None = None) -> EvalT
         if not line.strip():
             continue
         if jsonl:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UsageError(f"{path}:{number}: not JSON ({error.msg})",
+            try:  # bounded: a 100k-deep line is refused, not a RecursionError
+                row = load_json(line, max_bytes=MAX_LINE_BYTES, max_depth=16)
+            except ParseLimitError as error:
+                raise UsageError(f"{path}:{number}: not usable JSON ({error})",
                                  "use JSONL with a `text` field, or plain text") from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise UsageError(f"{path}:{number}: no string `text` field")

@@ -184,8 +184,7 @@ class ValidationSpec:
 
 def load_spec(spec: str | Path | Mapping[str, Any]) -> ValidationSpec:
     """Read a YAML/JSON spec file (or take a dict), check it against SPEC_SCHEMA, resolve paths."""
-    import yaml
-
+    from registry.safeparse import ParseLimitError, load_yaml
     from registry.schemas import validate
 
     if isinstance(spec, Mapping):
@@ -195,10 +194,12 @@ def load_spec(spec: str | Path | Mapping[str, Any]) -> ValidationSpec:
         path = Path(spec)
         if not path.is_file():
             raise NotFound("spec file", str(path))
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise UsageError(f"spec {path} is not valid YAML: {error}") from None
+        try:  # bounded: no aliases, no deep nesting, no NaN/Inf, at most 1 MB
+            raw = load_yaml(path.read_bytes())
+        except ParseLimitError as error:
+            raise UsageError(f"spec {path} is not usable: {error}") from None
+        except OSError as error:
+            raise UsageError(f"cannot read spec {path}: {error.strerror or error}") from None
         root = path.resolve().parent
     if raw is None:
         raw = {}
