@@ -219,7 +219,8 @@ def _versions_of(reg: Registry, name: str) -> list[VersionInfo]:
     return reg.versions_of(name)
 
 
-def stage_version(reg: Registry, info: VersionInfo, repo_id: str, tmp: Path) -> dict[str, Path]:
+def stage_version(reg: Registry, info: VersionInfo, repo_id: str, tmp: Path, *,
+                  publish_tags: bool = False, license: str | None = None) -> dict[str, Path]:
     """The files of one version's commit: PEFT files, adapt.json and README.md.
 
     The PEFT files are read straight from the blob store (no copy); push checks their sha256
@@ -230,9 +231,9 @@ def stage_version(reg: Registry, info: VersionInfo, repo_id: str, tmp: Path) -> 
         if not reg.store.has(f.sha256):
             raise IntegrityError(f"{info.ref}/{f.path}", f.sha256, "missing blob")
         files[f.path] = reg.store.path(f.sha256)
-    manifest = build_manifest(reg, info.ref)
+    manifest = build_manifest(reg, info.ref, publish_tags=publish_tags)
     (tmp / MANIFEST_NAME).write_bytes(render_manifest(manifest))
-    (tmp / CARD_NAME).write_text(build_model_card(manifest, repo_id))
+    (tmp / CARD_NAME).write_text(build_model_card(manifest, repo_id, license=license))
     files[MANIFEST_NAME] = tmp / MANIFEST_NAME
     files[CARD_NAME] = tmp / CARD_NAME
     return files
@@ -244,10 +245,13 @@ def _record_link(reg: Registry, version_id: int, repo: str, commit: str, tag: st
 
 
 def push(reg: Registry, ref: str, *, repo: str | None = None, private: bool = False,
-         all_versions: bool = False, on_progress: Progress | None = None) -> PushResult:
+         all_versions: bool = False, on_progress: Progress | None = None,
+         publish_tags: bool = False, license: str | None = None) -> PushResult:
     """Push a version (or all of them) as tagged commits, skipping what the Hub already holds.
 
     repo: ORG/NAME; default: see `default_repo_id`.
+    publish_tags: put the version's local tags in adapt.json (`push --tags`); else none.
+    license: the card's license (an SPDX-style id such as apache-2.0).
     A version whose tag exists with the same files is left alone (no bytes, no commit). A tag
     with different weights is a conflict. Versions are appended in order: one older than the
     Hub's newest tag cannot be added.
@@ -272,7 +276,8 @@ def push(reg: Registry, ref: str, *, repo: str | None = None, private: bool = Fa
         for v in versions:
             tag = f"v{v.version}"
             with tempfile.TemporaryDirectory(prefix="adapt-push-") as tmp:
-                staged = stage_version(reg, v, repo_id, Path(tmp))
+                staged = stage_version(reg, v, repo_id, Path(tmp), publish_tags=publish_tags,
+                                       license=license)
                 sha = {f.path: f.sha256 for f in v.files}
                 if tag in tags:
                     remote = _remote_files(api, repo_id, tags[tag])
@@ -459,7 +464,8 @@ def _plan_pull(api: HfApi, repo_id: str, revision: str | None,
 
 
 def pull(reg: Registry, spec: str, *, name: str | None = None, all_versions: bool = False,
-         base: str | Path | None = None, on_progress: Progress | None = None) -> PullResult:
+         base: str | Path | None = None, on_progress: Progress | None = None,
+         apply_tags: bool = False) -> PullResult:
     """Download, verify and register a version (or every `v<N>` tag) of a Hub repo.
 
     spec: ORG/NAME[@REVISION] (a tag such as v2, a branch or a commit; default main).
@@ -484,10 +490,15 @@ def pull(reg: Registry, spec: str, *, name: str | None = None, all_versions: boo
         pulled: dict[str, str] = {}  # manifest ref -> local ref, to link parents pulled together
         out = []
         for f in fetched:
-            out.append(_register(reg, f, repo_id, target, base, pulled))
+            out.append(_register(reg, f, repo_id, target, base, pulled, apply_tags))
             if f.manifest:
                 pulled[f.manifest["ref"]] = out[-1].ref
         return PullResult(repo_id, out)
+
+
+def _tag_number(tag: str | None) -> int | None:
+    m = _TAG_RE.match(tag or "")
+    return int(m[1]) if m else None
 
 
 def _name_from_repo(repo_id: str) -> str:
@@ -496,7 +507,8 @@ def _name_from_repo(repo_id: str) -> str:
 
 
 def _register(reg: Registry, f: _Fetched, repo_id: str, name: str,
-              base: str | Path | None, pulled: dict[str, str]) -> PulledVersion:
+              base: str | Path | None, pulled: dict[str, str],
+              apply_tags: bool = False) -> PulledVersion:
     """Register the verified files with their lineage, runs, scores and Hub link: one
     transaction, so a failed pull leaves nothing behind."""
     from registry.catalog.hub import HubLinkRecord, ImportedHistory, ImportedLineage
@@ -527,7 +539,8 @@ def _register(reg: Registry, f: _Fetched, repo_id: str, name: str,
         except AdaptError:
             local = None  # not in this registry: keep the printed ref
         lineage.append(ImportedLineage(ref, local.id if local else None, p.get("weight"),
-                                       p.get("role", "parent"), p.get("params")))
+                                       p.get("role", "parent"), p.get("params"),
+                                       local.digest if local else p.get("digest")))
     history = ImportedHistory(
         link=HubLinkRecord(repo_id, f.commit, f.tag, "pull"),
         created_at=parse_time(m["created_at"]) if m.get("created_at") else None,
@@ -537,9 +550,11 @@ def _register(reg: Registry, f: _Fetched, repo_id: str, name: str,
     )
     source = m.get("source") or f"hf://{repo_id}@{f.commit}"
     res = reg.add(
-        f.dir, name=name, base=base, tags=m.get("tags", ()), note=m.get("note"), source=source,
-        recipe=m.get("recipe"), base_fingerprint=None if base else m.get("base_fingerprint"),
-        history=history,
+        f.dir, name=name, base=base, tags=m.get("tags", ()) if apply_tags else (),
+        note=m.get("note"), source=source, recipe=m.get("recipe"),
+        base_fingerprint=None if base else m.get("base_fingerprint"), history=history,
+        preferred_version=m.get("version") if isinstance(m.get("version"), int) else
+        _tag_number(f.tag),
     )
     v = res.version
     return PulledVersion(v.ref, f.revision, f.commit, f.tag, res.created, f.manifest is not None)

@@ -81,6 +81,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "weight": _NULLABLE_NUM,
                     "role": {"type": "string"},
                     "params": {"type": ["object", "null"]},
+                    "digest": {"type": ["string", "null"],
+                               "description": "the parent's content digest"},
                 },
             },
         },
@@ -96,6 +98,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "base_fingerprint": _NULLABLE_STR,
                     "run_id": {"type": ["integer", "null"],
                                "description": "id of the validation run in this manifest"},
+                    "higher_is_better": {"type": ["boolean", "null"]},
+                    "quantization": _NULLABLE_STR,
                     "created_at": _TIME,
                 },
             },
@@ -198,8 +202,11 @@ def _time_fields(m: dict[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def build_manifest(reg: Registry, ref: str) -> dict[str, Any]:
-    """The `adapt.json` object for one version (valid against MANIFEST_SCHEMA)."""
+def build_manifest(reg: Registry, ref: str, *, publish_tags: bool = False) -> dict[str, Any]:
+    """The `adapt.json` object for one version (valid against MANIFEST_SCHEMA).
+
+    Tags are local unless `publish_tags` (`adapt push --tags`).
+    """
     shown = reg.show(ref)
     manifest: dict[str, Any] = {"manifest_version": MANIFEST_VERSION}
     for key, value in shown.items():
@@ -207,6 +214,11 @@ def build_manifest(reg: Registry, ref: str) -> dict[str, Any]:
             continue
         manifest[key] = _iso(value)
     manifest["scores"] = [{k: _iso(v) for k, v in s.items()} for s in shown["scores"]]
+    if not publish_tags:
+        manifest["tags"] = []
+    # a parent's state (local/deleted/remote) is this registry's view, not the version's
+    manifest["parents"] = [{k: v for k, v in p.items() if k != "state"}
+                           for p in shown["parents"]]
     rows = reg.run_details([r["id"] for r in shown["validation_runs"]])
     manifest["validation_runs"] = [
         {
@@ -228,7 +240,22 @@ def render_manifest(manifest: dict[str, Any]) -> bytes:
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def build_model_card(manifest: dict[str, Any], repo_id: str) -> str:
+def card_scores(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Scores for the card's model-index: quality figures only (no timings or memory), recorded
+    by hand or by the latest passing validation run; a failed run's figures never show."""
+    from registry.scoring import is_quality_metric
+
+    passing = [r["id"] for r in manifest.get("validation_runs", []) if r["status"] == "passed"]
+    latest_pass = max(passing) if passing else None
+    return [
+        s for s in manifest.get("scores", [])
+        if is_quality_metric(str(s["metric"]))
+        and (s.get("run_id") is None or s.get("run_id") == latest_pass)
+    ]
+
+
+def build_model_card(manifest: dict[str, Any], repo_id: str, *,
+                     license: str | None = None) -> str:
     """README.md with YAML front matter (base_model, library_name, tags, model-index)."""
     from huggingface_hub import ModelCardData
     from huggingface_hub.repocard_data import EvalResult
@@ -250,9 +277,10 @@ def build_model_card(manifest: dict[str, Any], repo_id: str) -> str:
             metric_type=str(s["metric"]),
             metric_value=s["value"],
         )
-        for s in manifest.get("scores", [])
+        for s in card_scores(manifest)
     ]
     data = ModelCardData(
+        license=license,
         base_model=hub_base,
         library_name="peft",
         tags=tags,

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,74 @@ if TYPE_CHECKING:
     from registry.fingerprint import ModelFingerprint
     from registry.hub import PullResult, PushResult
     from registry.peft_dir import AdapterDir
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    """What `adapt rm --dry-run` reports."""
+
+    ref: str
+    digest: str
+    files: list[str]
+    blockers: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """A version found by `search`/`best`, with the metric values it was judged on."""
+
+    ref: str
+    name: str
+    version: int
+    method: str
+    base: str | None
+    tags: list[str]
+    metrics: dict[str, float]
+    created: str
+    higher_is_better: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _search(reg: Registry, node: Any, metrics: set[str], order_field: str, descending: bool,
+            dataset: str | None, base: str | None, limit: int | None) -> list[SearchHit]:
+    from registry.catalog.versions import scored_versions
+    from registry.search import matches
+
+    fps = None
+    if base is not None:
+        found = reg.find_base(base)
+        fps = [found.fingerprint] if found else [base]
+    rows = scored_versions(reg.catalog, metrics=metrics, dataset=dataset, base_fingerprints=fps)
+    if base is not None:
+        rows = [r for r in rows if r.base_fingerprint in (fps or [])
+                or r.fields["base_model"] == base]
+    hits = [r for r in rows if matches(node, r.fields, r.tags, r.metrics)]
+
+    def key(r: Any) -> tuple[int, Any]:
+        if order_field.startswith("metric."):
+            value = r.metrics.get(order_field[len("metric."):])
+            return (0, value) if value is not None else (1, 0.0)
+        value = r.fields.get(order_field)
+        return (0, value) if value is not None else (1, "")
+
+    present = sorted((r for r in hits if key(r)[0] == 0), key=lambda r: key(r)[1],
+                     reverse=descending)
+    ordered = present + [r for r in hits if key(r)[0] == 1]  # missing values last
+    if limit is not None:
+        ordered = ordered[:limit]
+    one_metric = next(iter(metrics)) if len(metrics) == 1 else None
+    return [
+        SearchHit(ref=r.fields["ref"], name=r.fields["name"], version=r.fields["version"],
+                  method=r.fields["method"], base=r.fields["base"], tags=sorted(r.tags),
+                  metrics=r.metrics, created=r.fields["created"],
+                  higher_is_better=r.directions.get(one_metric) if one_metric else None)
+        for r in ordered
+    ]
+
 
 # Files that make up a version. README/model cards are presentation, not content: a version's
 # identity is its config and weights, so a Hub round trip keeps the same digest.
@@ -127,6 +195,7 @@ class Registry:
         recipe: dict[str, Any] | None = None,
         base_fingerprint: str | None = None,
         history: ImportedHistory | None = None,
+        preferred_version: int | None = None,
     ) -> AddResult:
         """Register the PEFT adapter directory at `path` as a new version.
 
@@ -135,6 +204,8 @@ class Registry:
         Identical content under the same name returns the existing version (created=False).
         history: what a pull restores (lineage, runs, scores, Hub link), written in the same
             transaction as the version.
+        preferred_version: the number to take if this line never used it (a pull keeps the
+            remote number); otherwise the next unused one.
         """
         from registry.checkpoint import open_checkpoint
         from registry.compat import check_compatible
@@ -177,6 +248,7 @@ class Registry:
             info, created = version_rows.insert_version(
                 self.catalog, new, tags=tags, parents=parents, ensure_blob=ensure_blob,
                 before_commit=lambda: _crash_point("before_commit"), history=history,
+                preferred_version=preferred_version,
             )
             return AddResult(info, created=created)
 
@@ -217,14 +289,18 @@ class Registry:
         return self._base_dir(base)
 
     # -- tags, scores, removal --------------------------------------------------------------
-    def tag(self, ref: str, tag: str) -> VersionInfo:
-        """Point `tag` of the adapter at the version `ref` names (moving it if it exists)."""
-        check_name(tag, "tag")
-        return version_rows.tag(self.catalog, ref, tag)
+    def tag(self, ref: str, tag: str, *, protect: bool = False,
+            force: bool = False) -> VersionInfo:
+        """Point `tag` of the adapter at the version `ref` names (moving it if it exists).
 
-    def untag(self, name: str, tag: str) -> None:
+        protect: moving or removing the tag later needs `force`.
+        """
+        check_name(tag, "tag")
+        return version_rows.tag(self.catalog, ref, tag, protect=protect, force=force)
+
+    def untag(self, name: str, tag: str, *, force: bool = False) -> None:
         check_name(name)
-        version_rows.untag(self.catalog, name, tag)
+        version_rows.untag(self.catalog, name, tag, force=force)
 
     def add_score(
         self,
@@ -235,20 +311,72 @@ class Registry:
         dataset: str | None = None,
         base_fingerprint: str | None = None,
         run_id: int | None = None,
-    ) -> None:
-        """Record an evaluation score (finite values only)."""
+        higher_is_better: bool | None = None,
+        quantization: str | None = None,
+        append: bool = False,
+    ) -> int:
+        """Record an evaluation score (finite values only).
+
+        The same (version, metric, dataset, base, quantization, run) key is replaced unless
+        `append` keeps history; returns how many rows were replaced.
+        """
         import math
 
         if not metric or len(metric) > 128:
             raise UsageError("a metric name is 1-128 characters")
-        if not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value):
             raise UsageError(f"a score value must be a finite number, not {value!r}")
-        version_rows.add_score(self.catalog, ref, metric, float(value), dataset=dataset,
-                               base_fingerprint=base_fingerprint, run_id=run_id)
+        return version_rows.add_score(
+            self.catalog, ref, metric, float(value), dataset=dataset,
+            base_fingerprint=base_fingerprint, run_id=run_id,
+            higher_is_better=higher_is_better, quantization=quantization, append=append)
 
-    def remove(self, ref: str) -> VersionInfo:
-        """Delete one version and what hangs off it. Its blobs stay until `gc`."""
-        return version_rows.remove(self.catalog, ref)
+    def remove(self, ref: str, *, force: bool = False) -> VersionInfo:
+        """Delete one version, leaving a tombstone; its blobs stay until `gc`.
+
+        Refused (InUse, exit 8) while it is tagged, pushed, a parent of another version or has
+        a passing validation run, unless `force`.
+        """
+        info, _ = version_rows.remove(self.catalog, ref, force=force)
+        return info
+
+    def removal_plan(self, ref: str) -> RemovalPlan:
+        """What `remove` would delete and what stands in its way (nothing is changed)."""
+        info, blockers = version_rows.remove(self.catalog, ref, dry_run=True)
+        return RemovalPlan(info.ref, info.digest, [f.path for f in info.files], blockers)
+
+    # -- finding the best --------------------------------------------------------------------
+    def search(self, filter_text: str = "", *, order_by: str | None = None,
+               dataset: str | None = None, base: str | None = None,
+               limit: int | None = None) -> list[SearchHit]:
+        """Versions matching a filter string (see registry.search), ordered."""
+        from registry.search import metric_names, parse_filter, parse_order
+
+        node = parse_filter(filter_text)
+        order_field, descending = parse_order(order_by)
+        metrics = metric_names(node)
+        if order_field.startswith("metric."):
+            metrics.add(order_field[len("metric."):])
+        return _search(self, node, metrics, order_field, descending, dataset, base, limit)
+
+    def best(self, metric: str, *, dataset: str | None = None,
+             base: str | None = None) -> SearchHit:
+        """The version with the best recorded `metric` (direction from the score or its name)."""
+        from registry.scoring import direction
+
+        hits = self.search(f"metric.{metric} > -1e308", dataset=dataset, base=base)
+        if not hits:
+            where = "".join(f" {k} {v!r}" for k, v in (("on dataset", dataset), ("for base", base))
+                            if v)
+            raise NotFound("score", f"{metric}{where}", "record one with `adapt score`")
+        higher = direction(metric, hits[0].higher_is_better)
+        from registry.scoring import Candidate, pick_best
+
+        winner = pick_best([Candidate(h.ref, h.metrics[metric], h.created) for h in hits],
+                           higher)
+        assert winner is not None
+        return next(h for h in hits if h.ref == winner.ref)
 
     # -- files out ---------------------------------------------------------------------------
     def export(self, ref: str | VersionInfo, dest: str | Path) -> Path:
@@ -415,20 +543,28 @@ class Registry:
 
     # -- Hugging Face Hub (registry.hub does the transfer) ------------------------------------
     def push(self, ref: str, *, repo: str | None = None, private: bool = False,
-             all_versions: bool = False, on_progress: Any = None) -> PushResult:
-        """Push a version (or all of its line) to the Hub as commits tagged v<N>."""
+             all_versions: bool = False, on_progress: Any = None, publish_tags: bool = False,
+             license: str | None = None) -> PushResult:
+        """Push a version (or all of its line) to the Hub as commits tagged v<N>.
+
+        Local tags are published only with `publish_tags`.
+        """
         from registry import hub
 
         return hub.push(self, ref, repo=repo, private=private, all_versions=all_versions,
-                        on_progress=on_progress)
+                        on_progress=on_progress, publish_tags=publish_tags, license=license)
 
     def pull(self, spec: str, *, name: str | None = None, all_versions: bool = False,
-             base: str | Path | None = None, on_progress: Any = None) -> PullResult:
-        """Download, verify and register a version (or every v<N> tag) of a Hub repo."""
+             base: str | Path | None = None, on_progress: Any = None,
+             apply_tags: bool = False) -> PullResult:
+        """Download, verify and register a version (or every v<N> tag) of a Hub repo.
+
+        Tags published with the version are applied locally only with `apply_tags`.
+        """
         from registry import hub
 
         return hub.pull(self, spec, name=name, all_versions=all_versions, base=base,
-                        on_progress=on_progress)
+                        on_progress=on_progress, apply_tags=apply_tags)
 
     def remote_status(self, ref: str, *, repo: str | None = None) -> dict[str, Any]:
         """What the Hub holds for an adapter compared with the registry, version by version."""
@@ -650,6 +786,8 @@ def _crash_point(name: str) -> None:
 
 __all__ = [
     "AddResult",
+    "RemovalPlan",
+    "SearchHit",
     "BaseChoice",
     "ScoreSeries",
     "VersionDetail",

@@ -19,6 +19,7 @@ class ImportedLineage:
     weight: float | None = None
     role: str = "parent"
     params: dict[str, Any] | None = None
+    parent_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,10 @@ def apply_history(tx: Tx, version_id: int, history: ImportedHistory, *, created:
             tx.run("UPDATE adapter_version SET created_at = :t WHERE id = :v",
                    t=_time_in(tx, history.created_at), v=version_id)
         for p in history.lineage:
-            tx.run("INSERT INTO lineage (child_id, parent_id, parent_ref, weight, role, params) "
-                   "VALUES (:c, :p, :r, :w, :role, :params)", c=version_id, p=p.parent_id,
-                   r=p.parent_ref, w=p.weight, role=p.role, params=tx.json_in(p.params))
+            tx.run("INSERT INTO lineage (child_id, parent_id, parent_ref, parent_digest, weight, "
+                   "role, params) VALUES (:c, :p, :r, :dg, :w, :role, :params)", c=version_id,
+                   p=p.parent_id, r=p.parent_ref, dg=p.parent_digest, w=p.weight, role=p.role,
+                   params=tx.json_in(p.params))
         run_ids: dict[Any, int] = {}
         for r in history.runs:
             run_ids[r.get("id")] = tx.insert(
@@ -72,10 +74,12 @@ def apply_history(tx: Tx, version_id: int, history: ImportedHistory, *, created:
             )
         for sc in history.scores:
             tx.run("INSERT INTO eval_score (version_id, metric, dataset, value, "
-                   "base_fingerprint, run_id, created_at) VALUES (:v, :m, :d, :x, :fp, :run, "
-                   ":t)", v=version_id, m=sc["metric"], d=sc.get("dataset"), x=sc["value"],
+                   "base_fingerprint, run_id, created_at, higher_is_better, quantization) "
+                   "VALUES (:v, :m, :d, :x, :fp, :run, :t, :hib, :q)", v=version_id,
+                   m=sc["metric"], d=sc.get("dataset"), x=sc["value"],
                    fp=sc.get("base_fingerprint"), run=run_ids.get(sc.get("run_id")),
-                   t=_time_in(tx, sc.get("created_at")))
+                   t=_time_in(tx, sc.get("created_at")), hib=sc.get("higher_is_better"),
+                   q=sc.get("quantization"))
     add_link(tx, version_id, history.link)
 
 

@@ -6,4 +6,5 @@
 MIGRATION_NAMES: tuple[str, ...] = (
     "001_initial",
     "002_version_listing_index",
+    "003_lifecycle",
 )

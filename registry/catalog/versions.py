@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry.catalog.hub import ImportedHistory, apply_history
 from registry.catalog.sql import Row, Tx, in_clause, json_out, time_out
-from registry.errors import NotFound, UsageError
+from registry.errors import InUse, NotFound, UsageError
 from registry.records import (
     FileInfo,
     ParentLink,
@@ -17,6 +17,7 @@ from registry.records import (
     VersionSummary,
 )
 from registry.refs import Ref
+from registry.scoring import better, known_direction
 
 if TYPE_CHECKING:
     from registry.catalog import Catalog
@@ -134,6 +135,7 @@ def insert_version(
     ensure_blob: Callable[[FileInfo], None] = lambda f: None,
     before_commit: Callable[[], None] = lambda: None,
     history: ImportedHistory | None = None,
+    preferred_version: int | None = None,
 ) -> tuple[VersionInfo, bool]:
     """Insert a version with its files, lineage and tags in one transaction.
 
@@ -157,8 +159,7 @@ def insert_version(
             found = row_by_id(tx, existing)
             assert found is not None
             return version_info(tx, *found), False
-        latest = tx.scalar("SELECT MAX(version) FROM adapter_version WHERE adapter_id = :a",
-                           a=adapter_id)
+        version = _next_number(tx, adapter_id, new.name, preferred_version)
         vid = tx.insert(
             "INSERT INTO adapter_version (adapter_id, version, manifest_digest, peft_type, "
             "method, rank, alpha, use_rslora, rank_pattern, alpha_pattern, target_modules, "
@@ -168,7 +169,7 @@ def insert_version(
             ":alpha_pattern, :target_modules, :modules_to_save, :task_type, :base_model, "
             ":base_fingerprint, :params, :size_bytes, :dtype, :source, :recipe, :config, :note, "
             ":created_at) RETURNING id",
-            adapter_id=adapter_id, version=(latest or 0) + 1, digest=new.digest,
+            adapter_id=adapter_id, version=version, digest=new.digest,
             peft_type=new.peft_type, method=new.method, rank=new.rank, alpha=new.alpha,
             use_rslora=bool(new.use_rslora), rank_pattern=tx.json_in(new.rank_pattern or None),
             alpha_pattern=tx.json_in(new.alpha_pattern or None),
@@ -188,10 +189,13 @@ def insert_version(
                    "VALUES (:v, :p, :s, :n)", v=vid, p=f.path, s=f.sha256, n=f.size)
         for p in parents:
             parent_row, parent_name = resolve_row(tx, p.ref)
-            tx.run("INSERT INTO lineage (child_id, parent_id, parent_ref, weight, role, params) "
-                   "VALUES (:c, :p, :r, :w, :role, :params)", c=vid, p=parent_row[0],
-                   r=f"{parent_name}@{parent_row[2]}", w=p.weight, role=p.role,
-                   params=tx.json_in(p.params))
+            tx.run("INSERT INTO lineage (child_id, parent_id, parent_ref, parent_digest, weight, "
+                   "role, params) VALUES (:c, :p, :r, :d, :w, :role, :params)", c=vid,
+                   p=parent_row[0], r=f"{parent_name}@{parent_row[2]}", d=parent_row[3],
+                   w=p.weight, role=p.role, params=tx.json_in(p.params))
+        # children that knew this content only as a remote or deleted parent now link to it
+        tx.run("UPDATE lineage SET parent_id = :v WHERE parent_id IS NULL AND "
+               "parent_digest = :d AND child_id != :v", v=vid, d=new.digest)
         for t in tags:
             set_tag(tx, adapter_id, vid, t)
         tx.run("UPDATE adapter SET updated_at = :t WHERE id = :a", t=now, a=adapter_id)
@@ -203,48 +207,125 @@ def insert_version(
         return version_info(tx, *found), True
 
 
+def _next_number(tx: Tx, adapter_id: int, name: str, preferred: int | None) -> int:
+    """The next version number: never one a live or deleted version of the line has had.
+
+    A pulled version keeps its remote number `preferred` when the local line never used it.
+    """
+    used = {r[0] for r in tx.all("SELECT version FROM adapter_version WHERE adapter_id = :a",
+                                 a=adapter_id)}
+    used |= {r[0] for r in tx.all("SELECT version FROM tombstone WHERE adapter_name = :n",
+                                  n=name)}
+    if preferred is not None and preferred >= 1 and preferred not in used:
+        return preferred
+    return max(used, default=0) + 1
+
+
 # -- tags, scores, removal -----------------------------------------------------------------------
-def set_tag(tx: Tx, adapter_id: int, version_id: int, tag: str) -> None:
-    moved = tx.run("UPDATE tag SET version_id = :v, updated_at = :t "
-                   "WHERE adapter_id = :a AND name = :n", v=version_id, t=tx.now(),
-                   a=adapter_id, n=tag)
-    if not moved:
-        tx.run("INSERT INTO tag (adapter_id, name, version_id, updated_at) "
-               "VALUES (:a, :n, :v, :t)", a=adapter_id, n=tag, v=version_id, t=tx.now())
+def set_tag(tx: Tx, adapter_id: int, version_id: int, tag: str, *, protect: bool = False,
+            force: bool = False) -> None:
+    """Point a tag at a version; a protected tag moves only with `force`."""
+    current = tx.one("SELECT version_id, protected FROM tag WHERE adapter_id = :a AND "
+                     "name = :n", a=adapter_id, n=tag)
+    if current is None:
+        tx.run("INSERT INTO tag (adapter_id, name, version_id, updated_at, protected) "
+               "VALUES (:a, :n, :v, :t, :p)", a=adapter_id, n=tag, v=version_id, t=tx.now(),
+               p=bool(protect))
+        return
+    if current[1] and current[0] != version_id and not force:
+        raise InUse(f"tag {tag!r}", [f"protected, on version id {current[0]}"],
+                    "pass --force to move a protected tag")
+    tx.run("UPDATE tag SET version_id = :v, updated_at = :t, protected = :p "
+           "WHERE adapter_id = :a AND name = :n", v=version_id, t=tx.now(),
+           p=bool(protect or current[1]), a=adapter_id, n=tag)
 
 
-def tag(cat: Catalog, ref: str, tag_name: str) -> VersionInfo:
+def tag(cat: Catalog, ref: str, tag_name: str, *, protect: bool = False,
+        force: bool = False) -> VersionInfo:
     with cat.tx(write=True) as tx:
         row, name = resolve_row(tx, ref)
-        set_tag(tx, row[1], row[0], tag_name)
+        set_tag(tx, row[1], row[0], tag_name, protect=protect, force=force)
         return version_info(tx, row, name)
 
 
-def untag(cat: Catalog, name: str, tag_name: str) -> None:
+def untag(cat: Catalog, name: str, tag_name: str, *, force: bool = False) -> None:
     with cat.tx(write=True) as tx:
         adapter_id = tx.scalar("SELECT id FROM adapter WHERE name = :n", n=name)
         if adapter_id is None:
             raise NotFound("adapter", name, "see `adapt list`")
+        protected = tx.scalar("SELECT protected FROM tag WHERE adapter_id = :a AND name = :n",
+                              a=adapter_id, n=tag_name)
+        if protected and not force:
+            raise InUse(f"tag {name}:{tag_name}", ["protected"],
+                        "pass --force to remove a protected tag")
         if not tx.run("DELETE FROM tag WHERE adapter_id = :a AND name = :n", a=adapter_id,
                       n=tag_name):
             raise NotFound("tag", f"{name}:{tag_name}", f"see `adapt show {name}`")
 
 
 def add_score(cat: Catalog, ref: str, metric: str, value: float, *, dataset: str | None,
-              base_fingerprint: str | None, run_id: int | None) -> None:
+              base_fingerprint: str | None, run_id: int | None,
+              higher_is_better: bool | None = None, quantization: str | None = None,
+              append: bool = False) -> int:
+    """Record a score; the same (version, metric, dataset, base, quantization, run) key is
+    replaced unless `append` keeps the history. Returns how many earlier rows it replaced."""
     with cat.tx(write=True) as tx:
         row, _ = resolve_row(tx, ref)
+        fp = base_fingerprint or row[15]
+        replaced = 0
+        if not append:
+            replaced = tx.run(
+                "DELETE FROM eval_score WHERE version_id = :v AND metric = :m AND "
+                "COALESCE(dataset, '') = COALESCE(:d, '') AND "
+                "COALESCE(base_fingerprint, '') = COALESCE(:fp, '') AND "
+                "COALESCE(quantization, '') = COALESCE(:q, '') AND "
+                "COALESCE(run_id, -1) = COALESCE(:run, -1)",
+                v=row[0], m=metric, d=dataset, fp=fp, q=quantization, run=run_id)
         tx.run("INSERT INTO eval_score (version_id, metric, dataset, value, base_fingerprint, "
-               "run_id, created_at) VALUES (:v, :m, :d, :x, :fp, :run, :t)", v=row[0], m=metric,
-               d=dataset, x=float(value), fp=base_fingerprint or row[15], run=run_id, t=tx.now())
+               "run_id, created_at, higher_is_better, quantization) VALUES (:v, :m, :d, :x, "
+               ":fp, :run, :t, :hib, :q)", v=row[0], m=metric, d=dataset, x=float(value), fp=fp,
+               run=run_id, t=tx.now(), hib=higher_is_better, q=quantization)
+        return replaced
 
 
-def remove(cat: Catalog, ref: str) -> VersionInfo:
-    """Delete one version and what hangs off it, in one transaction. Blobs stay until gc."""
-    with cat.tx(write=True) as tx:
+def removal_blockers(tx: Tx, version_id: int) -> list[str]:
+    """Why a version should not be deleted without --force: tags, pushes, children, passes."""
+    why = [f"tagged {t}" for (t,) in tx.all(
+        "SELECT name FROM tag WHERE version_id = :v ORDER BY name", v=version_id)]
+    why += [f"pushed to {r}" for (r,) in tx.all(
+        "SELECT DISTINCT repo FROM hub_link WHERE version_id = :v AND direction = 'push' "
+        "ORDER BY repo", v=version_id)]
+    why += [f"parent of {n}@{v}" for n, v in tx.all(
+        "SELECT a.name, cv.version FROM lineage l JOIN adapter_version cv ON cv.id = l.child_id "
+        "JOIN adapter a ON a.id = cv.adapter_id WHERE l.parent_id = :v "
+        "ORDER BY a.name, cv.version", v=version_id)]
+    passed = tx.scalar("SELECT COUNT(*) FROM validation_run WHERE version_id = :v AND "
+                       "status = 'passed'", v=version_id)
+    if passed:
+        why.append(f"{passed} passing validation run(s)")
+    return why
+
+
+def remove(cat: Catalog, ref: str, *, force: bool = False, dry_run: bool = False
+           ) -> tuple[VersionInfo, list[str]]:
+    """Delete one version and what hangs off it, in one transaction, leaving a tombstone.
+
+    Refused (InUse) while the version is tagged, pushed, a parent, or validated, unless
+    `force`. Returns the version and the reasons that `force` overrode (or would block).
+    Blobs stay until gc.
+    """
+    with cat.tx(write=not dry_run) as tx:
         row, name = resolve_row(tx, ref)
         info = version_info(tx, row, name)
         vid = row[0]
+        blockers = removal_blockers(tx, vid)
+        if dry_run:
+            return info, blockers
+        if blockers and not force:
+            raise InUse(info.ref, blockers, "pass --force to delete it anyway, or "
+                        "--dry-run to see what would go")
+        tx.run("INSERT INTO tombstone (adapter_name, version, digest, deleted_at) VALUES "
+               "(:n, :v, :d, :t)", n=name, v=info.version, d=info.digest, t=tx.now())
         tx.run("DELETE FROM eval_score WHERE version_id = :v OR run_id IN "
                "(SELECT id FROM validation_run WHERE version_id = :v)", v=vid)
         for table in ("version_file", "tag", "validation_run", "hub_link"):
@@ -256,7 +337,7 @@ def remove(cat: Catalog, ref: str) -> VersionInfo:
         tx.run("DELETE FROM adapter_version WHERE id = :v", v=vid)
         if not tx.scalar("SELECT COUNT(*) FROM adapter_version WHERE adapter_id = :a", a=row[1]):
             tx.run("DELETE FROM adapter WHERE id = :a", a=row[1])
-        return info
+        return info, blockers
 
 
 # -- listing and showing -------------------------------------------------------------------------
@@ -337,11 +418,11 @@ def list_versions(cat: Catalog, *, base: str | None = None, method: str | None =
             for vid, tname in tx.all(f"SELECT version_id, name FROM tag WHERE version_id IN "
                                      f"{chunk}", **chunk_params):
                 tags.setdefault(vid, []).append(tname)
-            for vid, metric, value in tx.all(
-                f"SELECT version_id, metric, MAX(value) FROM eval_score WHERE version_id IN "
-                f"{chunk} GROUP BY version_id, metric", **chunk_params
+            for vid, metric, value, hib in tx.all(
+                f"SELECT version_id, metric, value, higher_is_better FROM eval_score "
+                f"WHERE version_id IN {chunk} ORDER BY id", **chunk_params
             ):
-                best.setdefault(vid, {})[metric] = value
+                _keep_best(best.setdefault(vid, {}), metric, value, hib)
     return [
         VersionSummary(
             name=r[1], version=r[2], ref=f"{r[1]}@{r[2]}", method=r[3], rank=r[4], alpha=r[5],
@@ -351,6 +432,65 @@ def list_versions(cat: Catalog, *, base: str | None = None, method: str | None =
         )
         for r in rows
     ]
+
+
+def _keep_best(scores: dict[str, float], metric: str, value: float, hib: Any) -> None:
+    """Fold one score row (oldest first) into a version's best value per metric."""
+    higher = known_direction(metric) if hib is None else bool(hib)
+    old = scores.get(metric)
+    if old is None or higher is None or better(value, old, higher):
+        scores[metric] = value  # unknown direction: the latest recorded value
+
+
+def scored_versions(cat: Catalog, *, metrics: set[str], dataset: str | None,
+                    base_fingerprints: Sequence[str] | None) -> list[ScoredVersion]:
+    """Every version with its tags and, per metric asked for, the latest value recorded under
+    the dataset/base filters (and whether higher is better, when the score says)."""
+    with cat.tx() as tx:
+        rows = tx.all(
+            "SELECT v.id, a.name, v.version, v.method, v.rank, v.alpha, v.base_model, "
+            "v.base_fingerprint, v.params, v.size_bytes, v.dtype, v.task_type, v.created_at "
+            "FROM adapter_version v JOIN adapter a ON a.id = v.adapter_id")
+        tags: dict[int, set[str]] = {}
+        for vid, tname in tx.all("SELECT version_id, name FROM tag"):
+            tags.setdefault(vid, set()).add(tname)
+        values: dict[int, dict[str, float]] = {}
+        directions: dict[str, bool] = {}
+        if metrics:
+            names, params = in_clause("m", sorted(metrics))
+            sql = (f"SELECT version_id, metric, value, higher_is_better, dataset, "
+                   f"base_fingerprint FROM eval_score WHERE metric IN {names} ORDER BY id")
+            for vid, metric, value, hib, ds, fp in tx.all(sql, **params):
+                if dataset is not None and ds != dataset:
+                    continue
+                if base_fingerprints is not None and fp not in base_fingerprints:
+                    continue
+                values.setdefault(vid, {})[metric] = value
+                if hib is not None:
+                    directions[metric] = bool(hib)
+        bases = {fp: n for fp, n in tx.all("SELECT fingerprint, name FROM base_model") if n}
+    out = []
+    for r in rows:
+        created = time_out(r[12])
+        out.append(ScoredVersion(
+            fields={"name": r[1], "version": r[2], "ref": f"{r[1]}@{r[2]}", "method": r[3],
+                    "rank": r[4], "alpha": r[5], "base_model": r[6],
+                    "base": bases.get(r[7] or "", r[7]), "params": r[8], "size_bytes": r[9],
+                    "dtype": r[10], "task_type": r[11],
+                    "created": created.isoformat() if created else ""},
+            base_fingerprint=r[7], tags=tags.get(r[0], set()), metrics=values.get(r[0], {}),
+            directions=directions,
+        ))
+    return out
+
+
+@dataclass(frozen=True)
+class ScoredVersion:
+    fields: dict[str, Any]
+    base_fingerprint: str | None
+    tags: set[str]
+    metrics: dict[str, float]
+    directions: dict[str, bool]
 
 
 def count_versions(cat: Catalog, *, base: str | None = None, method: str | None = None,
@@ -376,10 +516,12 @@ def detail(cat: Catalog, ref: str | VersionInfo) -> VersionDetail:
         vid = info.id
         tags = sorted(r[0] for r in tx.all("SELECT name FROM tag WHERE version_id = :v", v=vid))
         parents = [
-            {"ref": ref_, "weight": w, "role": role, "params": json_out(params)}
-            for ref_, w, role, params in tx.all(
-                "SELECT parent_ref, weight, role, params FROM lineage WHERE child_id = :v "
-                "ORDER BY id", v=vid)
+            {"ref": _parent_label(tx, ref_, pid, digest), "weight": w, "role": role,
+             "params": json_out(params), "digest": digest,
+             "state": _parent_state(tx, ref_, pid, digest)}
+            for ref_, w, role, params, pid, digest in tx.all(
+                "SELECT parent_ref, weight, role, params, parent_id, parent_digest FROM lineage "
+                "WHERE child_id = :v ORDER BY id", v=vid)
         ]
         children = [
             {"ref": f"{n}@{v}", "role": role}
@@ -391,10 +533,12 @@ def detail(cat: Catalog, ref: str | VersionInfo) -> VersionDetail:
         ]
         scores = [
             {"metric": m, "dataset": d, "value": x, "base_fingerprint": fp, "run_id": run,
-             "created_at": time_out(t)}
-            for m, d, x, fp, run, t in tx.all(
-                "SELECT metric, dataset, value, base_fingerprint, run_id, created_at "
-                "FROM eval_score WHERE version_id = :v ORDER BY id", v=vid)
+             "created_at": time_out(t), "higher_is_better": None if hib is None else bool(hib),
+             "quantization": q}
+            for m, d, x, fp, run, t, hib, q in tx.all(
+                "SELECT metric, dataset, value, base_fingerprint, run_id, created_at, "
+                "higher_is_better, quantization FROM eval_score WHERE version_id = :v "
+                "ORDER BY id", v=vid)
         ]
         runs = [
             {"id": i, "status": st, "device": dev, "base_fingerprint": fp,
@@ -421,6 +565,27 @@ def detail(cat: Catalog, ref: str | VersionInfo) -> VersionDetail:
         scores=scores, validation_runs=runs, hub=hub, recipe=info.recipe, source=info.source,
         note=info.note, created_at=info.created_at,
     )
+
+
+def _parent_state(tx: Tx, ref: str, parent_id: int | None, digest: str | None) -> str:
+    """local (a link), deleted (a tombstone of that content), remote (hf://), or unknown."""
+    if parent_id is not None:
+        return "local"
+    if ref.startswith("hf://"):
+        return "remote"
+    if digest and tx.scalar("SELECT 1 FROM tombstone WHERE digest = :d", d=digest):
+        return "deleted"
+    return "unknown"
+
+
+def _parent_label(tx: Tx, ref: str, parent_id: int | None, digest: str | None) -> str:
+    """The parent's current local reference when linked (numbers may differ after a pull)."""
+    if parent_id is not None:
+        found = tx.one("SELECT a.name, v.version FROM adapter_version v JOIN adapter a ON "
+                       "a.id = v.adapter_id WHERE v.id = :id", id=parent_id)
+        if found is not None:
+            return f"{found[0]}@{found[1]}"
+    return ref
 
 
 def score_series(cat: Catalog, name: str) -> list[tuple[str, str | None, int, float]]:

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, inspect, text
 
-from registry.db import models
 from registry.catalog.migration_names import MIGRATION_NAMES
+from registry.db import models
 
 INITIAL_TABLES = [
     models.Adapter, models.AdapterVersion, models.Blob, models.VersionFile, models.Lineage,
@@ -31,9 +31,41 @@ def m002_version_listing_index(conn: Connection) -> None:
     )
 
 
+def m003_lifecycle(conn: Connection) -> None:
+    """Safe deletion, protected tags, keyed scores, lineage by content (issue: lifecycle)."""
+    # a deleted version leaves a tombstone: lineage stays readable, numbers are never reused
+    conn.execute(text(
+        "CREATE TABLE IF NOT EXISTS tombstone (id INTEGER PRIMARY KEY, adapter_name VARCHAR "
+        "NOT NULL, version INTEGER NOT NULL, digest VARCHAR NOT NULL, deleted_at TIMESTAMP "
+        "NOT NULL)" if conn.dialect.name == "sqlite" else
+        "CREATE TABLE IF NOT EXISTS tombstone (id SERIAL PRIMARY KEY, adapter_name VARCHAR "
+        "NOT NULL, version INTEGER NOT NULL, digest VARCHAR NOT NULL, deleted_at TIMESTAMP "
+        "NOT NULL)"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_tombstone_name ON tombstone "
+                      "(adapter_name, version)"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_tombstone_digest ON tombstone (digest)"))
+    columns = {t: {c["name"] for c in inspect(conn).get_columns(t)}
+               for t in ("tag", "eval_score", "lineage")}
+    for table, column, decl in (
+        ("tag", "protected", "BOOLEAN NOT NULL DEFAULT FALSE"),
+        ("eval_score", "higher_is_better", "BOOLEAN"),
+        ("eval_score", "quantization", "VARCHAR"),
+        ("lineage", "parent_digest", "VARCHAR"),
+    ):
+        if column not in columns[table]:  # a new database got it from 001's models
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+    # lineage points at content: fill the digest of every parent still present
+    conn.execute(text(
+        "UPDATE lineage SET parent_digest = (SELECT manifest_digest FROM adapter_version "
+        "WHERE adapter_version.id = lineage.parent_id) WHERE parent_id IS NOT NULL"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_lineage_parent_digest ON lineage "
+                      "(parent_digest)"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", m001_initial),
     ("002_version_listing_index", m002_version_listing_index),
+    ("003_lifecycle", m003_lifecycle),
 ]
 
 

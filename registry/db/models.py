@@ -86,6 +86,7 @@ class Lineage(SQLModel, table=True):
     child_id: int = Field(foreign_key="adapter_version.id", index=True)
     parent_id: int | None = Field(default=None, foreign_key="adapter_version.id", index=True)
     parent_ref: str  # printed reference, kept when the parent is deleted or not local
+    parent_digest: str | None = Field(default=None, index=True)  # the parent's content
     weight: float | None = None
     role: str = "parent"
     params: dict[str, Any] | None = _json()
@@ -99,6 +100,7 @@ class Tag(SQLModel, table=True):
     name: str
     version_id: int = Field(foreign_key="adapter_version.id", index=True)
     updated_at: datetime = Field(default_factory=utcnow)
+    protected: bool = False  # moving or removing it needs --force
 
 
 class BaseModel(SQLModel, table=True):
@@ -130,6 +132,8 @@ class EvalScore(SQLModel, table=True):
     base_fingerprint: str | None = None
     run_id: int | None = Field(default=None, foreign_key="validation_run.id")
     created_at: datetime = Field(default_factory=utcnow)
+    higher_is_better: bool | None = None  # None: known metric names decide
+    quantization: str | None = None
 
 
 class ValidationRun(SQLModel, table=True):
@@ -156,6 +160,17 @@ class HubLink(SQLModel, table=True):
     tag: str | None = None
     direction: str = "push"  # push | pull
     at: datetime = Field(default_factory=utcnow)
+
+
+class Tombstone(SQLModel, table=True):
+    """What stays of a deleted version: lineage stays readable, its number is never reused."""
+
+    __tablename__ = "tombstone"
+    id: int | None = Field(default=None, primary_key=True)
+    adapter_name: str = Field(index=True)
+    version: int
+    digest: str = Field(index=True)
+    deleted_at: datetime = Field(default_factory=utcnow)
 
 
 class Migration(SQLModel, table=True):

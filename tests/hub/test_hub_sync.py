@@ -50,13 +50,14 @@ def source_reg(tmp_path: Path, tiny_lora: Path, tiny_lora_r8: Path, tiny_base: P
 def test_round_trip_keeps_show_json(hub: HubServer, source_reg: Registry, tmp_path: Path) -> None:
     from registry.hub import pull, push
 
-    pushed = push(source_reg, "bot", all_versions=True)
+    # tags are local unless published (push --tags) and applied (pull --tags)
+    pushed = push(source_reg, "bot", all_versions=True, publish_tags=True)
     assert pushed.repo == "alice/bot"
     assert [v.tag for v in pushed.versions] == ["v1", "v2"]
     assert {t for t in hub.state.repos["alice/bot"].tags} == {"v1", "v2"}
 
     target = Registry(home=tmp_path / "target")
-    pulled = pull(target, "alice/bot", all_versions=True)
+    pulled = pull(target, "alice/bot", all_versions=True, apply_tags=True)
     assert [v.ref for v in pulled.versions] == ["bot@1", "bot@2"]
     for ref in ("bot@1", "bot@2"):
         assert _portable(target.show(ref)) == _portable(source_reg.show(ref))
@@ -211,7 +212,8 @@ def test_pushed_manifest_is_valid_and_card_has_metadata(hub: HubServer,
     tree = repo.commits[resolve_revision(repo, "v1")]
     manifest = json.loads(hub.state.git[tree["adapt.json"].blob_id])
     validate(manifest, "adapter-manifest")
-    assert manifest["scores"][0]["metric"] == "ppl" and manifest["tags"] == ["prod"]
+    # local tags stay local unless `push --tags`
+    assert manifest["scores"][0]["metric"] == "ppl" and manifest["tags"] == []
     card = hub.state.git[tree["README.md"].blob_id].decode()
     assert "library_name: peft" in card and "- lora" in card and "model-index" in card
     assert "PeftModel.from_pretrained" in card
@@ -239,10 +241,12 @@ def test_single_version_pull_points_lineage_at_the_hub_tag(
     target = Registry(home=tmp_path / "target")
     calls: list[tuple[int, int | None]] = []
     result = pull(target, "alice/bot@v2", on_progress=lambda d, t: calls.append((d, t)))
-    assert calls and calls[-1][0] == calls[-1][1] == target.resolve("bot@1").size_bytes
-    assert result.versions[0].ref == "bot@1" and result.versions[0].tag == "v2"
-    assert target.show("bot@1")["parents"][0]["ref"] == "hf://alice/bot@v1"
-    assert target.show("bot@1")["scores"][0]["metric"] == "accuracy"
+    # the pulled version keeps its remote number where the local line is free
+    assert calls and calls[-1][0] == calls[-1][1] == target.resolve("bot@2").size_bytes
+    assert result.versions[0].ref == "bot@2" and result.versions[0].tag == "v2"
+    parent = target.show("bot@2")["parents"][0]
+    assert parent["ref"] == "hf://alice/bot@v1" and parent["state"] == "remote"
+    assert target.show("bot@2")["scores"][0]["metric"] == "accuracy"
     target.close()
 
 
