@@ -160,7 +160,9 @@ def check_target(
     adapter = read_adapter_dir(reg.checkout(version))
     base_config = read_base_config(base_dir) if base_dir is not None else None
     base_tensors = _tensor_names(base_dir) if base_dir is not None else None
-    fingerprint = _fingerprint(reg, base_dir) if base_dir is not None else None
+    # Hashing a large base costs a read of it (cached after): only when there is one to match.
+    fingerprint = (_fingerprint(reg, base_dir)
+                   if base_dir is not None and version.base_fingerprint else None)
     facts = AdapterFacts(adapter, base_config, base_tensors, fingerprint,
                          version.base_fingerprint)
     return TargetReport(version.ref, table.target, table.version,
