@@ -39,8 +39,11 @@ FACTOR_PARTS = (
     "lora_A", "lora_B", "lora_E", "lora_embedding_A", "lora_embedding_B",
     "lora_magnitude_vector", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1",
     "hada_t2", "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
-    "lokr_t2", "ia3_l",
+    "lokr_t2", "ia3_l", "vera_lambda_b", "vera_lambda_d", "fourierft_spectrum", "oft_R", "hra_u",
 )
+# Tensors one adapter shares across modules, saved once at the top level (VeRA's frozen random
+# projections when save_projection is on): not module factors, and not base-model tensors.
+SHARED_KEYS = frozenset({"base_model.vera_A", "base_model.vera_B"})
 _FACTOR_RE = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<part>"
     + "|".join(sorted(FACTOR_PARTS, key=len, reverse=True))
@@ -74,6 +77,7 @@ class AdapterDir:
     header: SafetensorsHeader
     modules: dict[str, ModuleFactors]
     extra_tensors: dict[str, TensorInfo]  # modules_to_save weights, saved embeddings, prompts
+    shared_tensors: dict[str, TensorInfo] = field(default_factory=dict)  # see SHARED_KEYS
 
     # -- config facts ---------------------------------------------------------------------
     @property
@@ -225,7 +229,8 @@ def read_adapter_dir(
     except PermissionError:
         raise InvalidAdapter(path, f"{WEIGHTS_NAME} is not readable") from None
     modules, extra = group_tensors(header.tensors)
-    adapter = AdapterDir(path, config, header, modules, extra)
+    shared = {k: extra.pop(k) for k in sorted(extra) if k in SHARED_KEYS}
+    adapter = AdapterDir(path, config, header, modules, extra, shared)
     if check:
         check_factors(adapter)
     return adapter
@@ -373,6 +378,29 @@ def _check_module(adapter: AdapterDir, method: str, mod: ModuleFactors) -> str |
     elif method == "IA3":
         if "ia3_l" not in mod.parts:
             return "ia3_l missing"
+    elif method == "VERA":
+        b, d = s("vera_lambda_b"), s("vera_lambda_d")
+        if b is None or d is None or len(b) != 1 or len(d) != 1:
+            return "vera_lambda_b / vera_lambda_d missing or not vectors"
+        for key, dim in (("base_model.vera_A", 0), ("base_model.vera_B", 1)):
+            proj = adapter.shared_tensors.get(key)
+            if proj is not None and (len(proj.shape) != 2 or proj.shape[dim] != d[0]):
+                return f"{key} {list(proj.shape)} does not match vera_lambda_d {list(d)}"
+    elif method == "FOURIERFT":
+        spec = s("fourierft_spectrum")
+        if spec is None or len(spec) != 1:
+            return "fourierft_spectrum missing or not a vector"
+    elif method == "OFT":
+        rot = s("oft_R")
+        if rot is None or len(rot) != 2:
+            return "oft_R missing or not a matrix"
+        size = (1 + math.isqrt(1 + 8 * rot[1])) // 2
+        if size * (size - 1) // 2 != rot[1]:
+            return f"oft_R has {rot[1]} elements per block, not a triangle of a square block"
+    elif method == "HRA":
+        u = s("hra_u")
+        if u is None or len(u) != 2:
+            return "hra_u missing or not a matrix"
     return None
 
 

@@ -20,6 +20,7 @@ from registry.ops.extract import ExtractOptions, extract_lora
 from registry.peft_dir import read_adapter_dir
 
 if TYPE_CHECKING:
+    from registry.records import VersionInfo
     from registry.registry import AddResult, Registry
 
 Progress = Callable[[int, int | None], None]
@@ -92,7 +93,8 @@ def convert_version(
     adapter = read_adapter_dir(reg.checkout(info))
     with tempfile.TemporaryDirectory(prefix="adapt-convert-") as tmp:
         out = Path(tmp) / (name or f"{info.name}-lora")
-        result = convert_to_lora(adapter, out, options, on_progress=on_progress)
+        result = convert_to_lora(adapter, out, options, base_shapes=_base_shapes(reg, info),
+                                 on_progress=on_progress)
         recipe = {
             "method": "convert",
             "to": "lora",
@@ -107,6 +109,19 @@ def convert_version(
         return reg.add(out, name=name, parents=[parent], recipe=recipe,
                        base_fingerprint=info.base_fingerprint,
                        source=f"convert:{info.ref}")
+
+
+def _base_shapes(reg: Registry, info: VersionInfo) -> dict[str, tuple[int, ...]] | None:
+    """Weight shapes by module of the base the version was registered against, if still on
+    disk (VeRA and FourierFT deltas take their shape from it)."""
+    from registry.checkpoint import open_checkpoint
+
+    found = reg.find_base(info.base_fingerprint) if info.base_fingerprint else None
+    if found is None or not found.path or not Path(found.path).exists():
+        return None
+    tensors = open_checkpoint(found.path).tensors
+    return {n.removesuffix(".weight"): tuple(t.shape) for n, t in tensors.items()
+            if n.endswith(".weight")}
 
 
 def _name_or_path(model_dir: Path) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,9 +133,13 @@ def convert_to_lora(
     out_dir: Path,
     options: ConvertOptions,
     *,
+    base_shapes: Mapping[str, tuple[int, ...]] | None = None,
     on_progress: Progress | None = None,
 ) -> ConvertResult:
-    """Write a PEFT LoRA directory at `out_dir` carrying `adapter`'s per-module deltas."""
+    """Write a PEFT LoRA directory at `out_dir` carrying `adapter`'s per-module deltas.
+
+    base_shapes: the base's weight shapes by module, which VeRA and FourierFT need.
+    """
     started = time.perf_counter()
     check_convertible(adapter)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -146,7 +150,8 @@ def convert_to_lora(
     ranks: dict[str, int] = {}
     modules: list[ModuleConversion] = []
     for done, (module, parts) in enumerate(factors.items(), 1):
-        b, a, info = _convert_module(adapter, module, parts, options)
+        shape = base_shapes.get(module) if base_shapes is not None else None
+        b, a, info = _convert_module(adapter, module, parts, options, shape)
         key = f"base_model.model.{module}"
         out[f"{key}.lora_A.weight"] = a
         out[f"{key}.lora_B.weight"] = b
@@ -158,28 +163,34 @@ def convert_to_lora(
         out[f"base_model.model.{key}"] = tensors[info_t.name]
     rank, rank_pattern = write_lora_dir(
         out_dir, out, ranks, base_model=adapter.base_model, task_type=adapter.task_type,
-        modules_to_save=adapter.modules_to_save or None)
+        fan_in_fan_out=adapter.fan_in_fan_out, modules_to_save=adapter.modules_to_save or None)
     return ConvertResult(out_dir, adapter.method, rank, rank_pattern, modules, options,
                          time.perf_counter() - started)
 
 
 def _convert_module(
-    adapter: AdapterDir, module: str, parts: dict[str, torch.Tensor], options: ConvertOptions
+    adapter: AdapterDir,
+    module: str,
+    parts: dict[str, torch.Tensor],
+    options: ConvertOptions,
+    shape: tuple[int, ...] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, ModuleConversion]:
     if adapter.peft_type == "LOKR":
         w1, w2, scale = lokr_kron_factors(adapter, module, parts)
         return _from_kron(module, w1, w2, scale, options)
-    pair = lowrank_delta_factors(adapter, module, parts)
+    pair = lowrank_delta_factors(adapter, module, parts, shape)
     if pair is not None:
         svd = factored_svd(*pair)
         return _from_svd(module, svd, options, "factored")
     if options.rank is None and options.energy is None:
         raise UsageError(f"{adapter.method} has no exact low-rank form (module {module})",
                          "give --rank R or --energy E; the error is reported per module")
-    delta = delta_weight(adapter, module, parts)
+    delta = delta_weight(adapter, module, parts, shape=shape)
     if delta.dim() != 2:
         raise UnsupportedMethod(adapter.method, "converted to LoRA",
                                 f"module {module} is a convolution")
+    if adapter.fan_in_fan_out:  # back from the base's (in, out) layout to B @ A's (out, in)
+        delta = delta.T
     low = low_rank_factors(delta, rank=options.rank, energy=options.energy,
                            max_rank=options.max_rank, seed=options.seed)
     return low.b, low.a, ModuleConversion(module, low.rank, None, low.energy, low.rel_error,

@@ -10,7 +10,6 @@ Layouts: a "weight" is always in the base checkpoint's layout, so for GPT-2's Co
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,10 @@ if TYPE_CHECKING:
     import torch
 
 # Methods whose delta this module computes.
-MERGEABLE_METHODS = frozenset({"LORA", "ADALORA", "LOHA", "LOKR", "IA3"})
+MERGEABLE_METHODS = frozenset({"LORA", "ADALORA", "LOHA", "LOKR", "IA3", "VERA", "FOURIERFT",
+                               "OFT", "HRA"})
+# Methods whose merge multiplies the base weight (W -> W R), so their change depends on W.
+MULTIPLICATIVE_METHODS = frozenset({"IA3", "OFT", "HRA"})
 
 # LoRA config fields that switch on a variant whose merge differs from plain LoRA/DoRA.
 _LORA_VARIANT_FIELDS = (
@@ -59,6 +61,12 @@ def check_mergeable(adapter: AdapterDir) -> None:
             )
         if init == "mica":
             raise UnsupportedMethod("LORA (mica)", "merged", "adapt does not implement MiCA")
+    if method == "VERA" and not adapter.shared_tensors:
+        raise UnsupportedMethod("VERA (save_projection=false)", "merged",
+                                "the frozen projections are not in the file; save the adapter "
+                                "with save_projection=True")
+    if method == "OFT" and adapter.config.get("block_share"):
+        raise UnsupportedMethod("OFT (block_share)", "merged", "adapt does not implement it")
 
 
 def module_factors(
@@ -69,8 +77,10 @@ def module_factors(
     tensors: the adapter's tensors by saved key (as `peft_dir.load_tensors` returns them).
     """
     out: dict[str, dict[str, torch.Tensor]] = {}
+    shared = {key.rsplit(".", 1)[-1]: tensors[info.name]
+              for key, info in adapter.shared_tensors.items()}
     for module, mod in adapter.modules.items():
-        out[module] = {part: tensors[info.name] for part, info in mod.parts.items()}
+        out[module] = {**shared, **{part: tensors[info.name] for part, info in mod.parts.items()}}
     return out
 
 
@@ -87,6 +97,8 @@ def merged_weight(
     method = adapter.peft_type
     if method == "IA3":
         return w * _ia3_vector(adapter, module, factors, w)
+    if method in {"OFT", "HRA"}:
+        return _rotated_weight(adapter, module, factors, w)
     if method == "LORA" and "lora_magnitude_vector" not in factors and "lora_A" in factors:
         a, b = factors["lora_A"].float(), factors["lora_B"].float()
         if a.dim() == 2 and w.dim() == 2:
@@ -109,20 +121,24 @@ def delta_weight(
     module: str,
     factors: Mapping[str, torch.Tensor],
     base_weight: torch.Tensor | None = None,
+    *,
+    shape: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """The float32 change to the module's weight, in the base weight's layout.
 
-    base_weight: needed for DoRA and IA3, whose change depends on W (then merged - W); for the
-    additive methods it only fixes the layout (otherwise implied by the factors).
+    base_weight: needed for DoRA, IA3, OFT and HRA, whose change depends on W (then
+    merged - W); for the additive methods it only fixes the layout (otherwise implied by the
+    factors, or by `shape`, the base weight's shape, which VeRA and FourierFT need).
     """
     method = adapter.peft_type
-    multiplicative = method == "IA3" or "lora_magnitude_vector" in factors
+    multiplicative = method in MULTIPLICATIVE_METHODS or "lora_magnitude_vector" in factors
     if multiplicative:
         if base_weight is None:
             raise ValueError(f"{module}: the {adapter.method} delta depends on the base weight")
         w = base_weight.float()
         return merged_weight(adapter, module, factors, w) - w
-    shape = tuple(base_weight.shape) if base_weight is not None else None
+    if base_weight is not None:
+        shape = tuple(base_weight.shape)
     return _additive_delta(adapter, module, factors, shape)
 
 
@@ -159,6 +175,18 @@ def _additive_delta(
         delta = _loha_delta(adapter, module, factors)
     elif method == "LOKR":
         delta = _lokr_delta(adapter, module, factors)
+    elif method in {"VERA", "FOURIERFT"}:
+        if shape is None or len(shape) != 2:
+            raise UnsupportedMethod(method, "converted without its base",
+                                    f"module {module}: the delta's shape comes from the base "
+                                    "weight; register the source with --base")
+        out_in = (shape[1], shape[0]) if adapter.fan_in_fan_out else (shape[0], shape[1])
+        if method == "VERA":
+            b, a = _vera_factors(factors, out_in)
+            delta = b @ a
+        else:
+            delta = _fourierft_delta(adapter, factors, out_in)
+        return delta.T if adapter.fan_in_fan_out else delta
     else:
         raise UnsupportedMethod(method, "merged", "it has no additive delta")
     return delta.reshape(shape) if shape is not None else delta
@@ -262,12 +290,16 @@ def lokr_kron_factors(
 
 # -- exact low-rank forms (for conversion to LoRA) --------------------------------------------
 def lowrank_delta_factors(
-    adapter: AdapterDir, module: str, factors: Mapping[str, torch.Tensor]
+    adapter: AdapterDir,
+    module: str,
+    factors: Mapping[str, torch.Tensor],
+    shape: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(B, A) with B @ A exactly the module's additive delta in (out, in) orientation, or None.
 
     LoHa's Hadamard product of two rank-r products is the product of their row-wise and
-    column-wise Khatri-Rao factors (rank <= r1 * r2); AdaLoRA folds E and its scale into A.
+    column-wise Khatri-Rao factors (rank <= r1 * r2); AdaLoRA folds E and its scale into A;
+    VeRA scales its shared projections (rank <= r; `shape`, the base weight's, slices them).
     LoKr has its own exact form (lokr_kron_factors); other methods have none.
     """
     method = adapter.peft_type
@@ -284,6 +316,13 @@ def lowrank_delta_factors(
         b = (b1[:, :, None] * b2[:, None, :]).reshape(b1.shape[0], -1) * (alpha / r)
         a = (a1[:, None, :] * a2[None, :, :]).reshape(-1, a1.shape[1])
         return b, a
+    if method == "VERA":
+        if shape is None or len(shape) != 2:
+            raise UnsupportedMethod("VERA", "converted without its base",
+                                    f"module {module}: the projections are sliced to the base "
+                                    "weight's shape; register the source with --base")
+        return _vera_factors(factors, (shape[1], shape[0]) if adapter.fan_in_fan_out
+                             else (shape[0], shape[1]))
     if method == "ADALORA" and "lora_A" in factors:
         import torch
 
@@ -323,8 +362,10 @@ def _ia3_is_feedforward(
     adapter: AdapterDir, module: str, factors: Mapping[str, torch.Tensor]
 ) -> bool:
     ff = adapter.config.get("feedforward_modules")
-    if isinstance(ff, str):
-        return re.fullmatch(ff, module) is not None
+    if isinstance(ff, str):  # a regex from the file: bounded, never Python's backtracking
+        from registry.patterns import fullmatch
+
+        return fullmatch(ff, module)
     if isinstance(ff, list | tuple):
         return any(module == k or module.endswith(f".{k}") for k in ff)
     vec = factors["ia3_l"]
@@ -352,3 +393,125 @@ def _ia3_transposed(adapter: AdapterDir, vec: torch.Tensor, w: torch.Tensor) -> 
     if fits_t and not fits:
         return True
     return adapter.fan_in_fan_out
+
+
+# -- VeRA, FourierFT ----------------------------------------------------------------------------
+def _vera_factors(
+    factors: Mapping[str, torch.Tensor], out_in: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VeRA: (lambda_b * B[:out]) @ (lambda_d * A[:, :in]) with the shared frozen projections."""
+    out_f, in_f = out_in
+    a = factors["vera_A"].float()[:, :in_f]
+    b = factors["vera_B"].float()[:out_f, :]
+    lambda_b = factors["vera_lambda_b"].float().unsqueeze(-1)
+    lambda_d = factors["vera_lambda_d"].float().unsqueeze(-1)
+    return lambda_b * b, lambda_d * a
+
+
+def _fourierft_delta(
+    adapter: AdapterDir, factors: Mapping[str, torch.Tensor], out_in: tuple[int, int]
+) -> torch.Tensor:
+    """FourierFT: the real part of ifft2 of a sparse spectrum, at locations drawn exactly as PEFT
+    draws them (randperm of out * in seeded with random_loc_seed), times `scaling`."""
+    import torch
+
+    out_f, in_f = out_in
+    spectrum = factors["fourierft_spectrum"].float()
+    seed = int(adapter.config.get("random_loc_seed", 777))
+    scaling = float(adapter.config.get("scaling", 150.0))
+    flat = torch.randperm(out_f * in_f, generator=torch.Generator().manual_seed(seed))
+    flat = flat[: spectrum.numel()]
+    dense = torch.zeros(out_f, in_f)
+    dense[flat // in_f, flat % in_f] = spectrum
+    return torch.fft.ifft2(dense).real * scaling
+
+
+# -- OFT, HRA: the base weight times an orthogonal matrix --------------------------------------
+def _rotated_weight(
+    adapter: AdapterDir, module: str, factors: Mapping[str, torch.Tensor], w: torch.Tensor
+) -> torch.Tensor:
+    """W R for HRA and (R W^T)^T for OFT, with R (in, in) built as PEFT builds it."""
+    import torch
+
+    method = adapter.peft_type
+    if w.dim() != 2:
+        raise UnsupportedMethod(method, "merged",
+                                f"module {module} is a convolution, which adapt does not merge yet")
+    rot = _hra_matrix(adapter, factors) if method == "HRA" else _oft_matrix(adapter, factors)
+    if rot.shape[0] != w.shape[1]:
+        raise UnsupportedMethod(method, "merged",
+                                f"module {module}: its {rot.shape[0]}-dim rotation does not "
+                                f"match the weight {list(w.shape)} (fan_in_fan_out layers are "
+                                "not supported)")
+    if method == "HRA":
+        return torch.mm(w, rot)
+    return torch.mm(rot, w.t()).t()
+
+
+def _hra_matrix(adapter: AdapterDir, factors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The product of HRA's r Householder reflections (PEFT's HRALayer.get_delta_weight)."""
+    import torch
+
+    u = factors["hra_u"].float()
+    n, rank = u.shape
+    if adapter.config.get("apply_GS"):
+        cols = [(u[:, 0] / u[:, 0].norm()).view(-1, 1)]
+        for i in range(1, rank):
+            ui = u[:, i].view(-1, 1)
+            for j in range(i):
+                ui = ui - (cols[j].t() @ ui) * cols[j]
+            cols.append((ui / ui.norm()).view(-1, 1))
+        basis = torch.cat(cols, dim=1)
+        return torch.eye(n) - 2 * basis @ basis.t()
+    u = u / u.norm(dim=0)
+    weight = torch.eye(n)
+    for i in range(rank):
+        ui = u[:, i].view(-1, 1)
+        weight = weight - 2 * weight @ ui @ ui.t()
+    return weight
+
+
+def _oft_matrix(adapter: AdapterDir, factors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """OFT's block-diagonal rotation: the Cayley transform of each skew-symmetric block
+    (or its Neumann series), after COFT's projection when `coft` is on (PEFT's
+    OFTRotationModule.get_weight)."""
+    import math as _math
+
+    import torch
+
+    q = factors["oft_R"].float()
+    blocks, n_elements = q.shape
+    size = (1 + _math.isqrt(1 + 8 * n_elements)) // 2
+    rows, cols = torch.triu_indices(size, size, 1)
+
+    def skew(vec: torch.Tensor) -> torch.Tensor:
+        m = torch.zeros(vec.shape[0], size, size, dtype=vec.dtype)
+        m[:, rows, cols] = vec
+        return m - m.transpose(-2, -1)
+
+    if adapter.config.get("coft"):
+        skewed = skew(q)
+        eps = float(adapter.config.get("eps", 6e-5)) / torch.sqrt(torch.tensor(skewed.shape[0]))
+        zero = torch.zeros_like(skewed)
+        norm = torch.norm(skewed - zero, dim=(1, 2), keepdim=True)
+        skewed = torch.where((norm <= eps).bool(), skewed, zero + eps * (skewed / norm))
+        q = skewed[:, rows, cols]
+    q_skew = skew(q)
+    if adapter.config.get("use_cayley_neumann", True):
+        terms = int(adapter.config.get("num_cayley_neumann_terms", 5))
+        r = torch.eye(size).repeat(blocks, 1, 1)
+        if terms > 1:
+            r.add_(q_skew, alpha=2.0)
+            if terms > 2:
+                q_sq = torch.bmm(q_skew, q_skew)
+                r.add_(q_sq, alpha=2.0)
+                power = q_sq
+                for _ in range(3, terms - 1):
+                    power = torch.bmm(power, q_skew)
+                    r.add_(power, alpha=2.0)
+                power = torch.bmm(power, q_skew)
+                r.add_(power)
+    else:
+        eye = torch.eye(size).unsqueeze(0).expand(blocks, size, size)
+        r = torch.linalg.solve(eye + q_skew, eye - q_skew, left=False)
+    return torch.block_diag(*r.unbind(0))

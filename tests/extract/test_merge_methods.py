@@ -1,0 +1,111 @@
+"""Merging PEFT's other methods (VeRA, FourierFT, OFT, HRA): adapt's streaming merge equals
+PEFT's merge_and_unload within 1e-6 (float32), and add reads their configs and tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from registry.ops.merge_stream import iter_merged_tensors
+
+# the formulas are PEFT's, step for step in float32: only summation order may differ
+STATE_RTOL = 1e-6
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+def _configs() -> dict:
+    from peft import FourierFTConfig, HRAConfig, OFTConfig, VeraConfig
+
+    return {
+        "vera": VeraConfig(r=4, target_modules=TARGETS),
+        "fourierft": FourierFTConfig(n_frequency=40, scaling=10.0, random_loc_seed=123,
+                                     target_modules=TARGETS),
+        "oft": OFTConfig(r=0, oft_block_size=16, target_modules=TARGETS),
+        "oft-cayley-exact": OFTConfig(r=0, oft_block_size=8, use_cayley_neumann=False,
+                                      target_modules=TARGETS),
+        "oft-coft": OFTConfig(r=0, oft_block_size=16, coft=True, eps=1e-3,
+                              target_modules=TARGETS),
+        "hra": HRAConfig(r=4, target_modules=TARGETS),
+        "hra-gs": HRAConfig(r=4, apply_GS=True, target_modules=TARGETS),
+    }
+
+
+def _peft_merged(base: Path, adapter: Path) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return {k: v.detach().clone() for k, v in merged.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", list(_configs()))
+def test_merge_matches_peft_merge_and_unload(name, method_adapters, llama_base) -> None:
+    adapter = method_adapters(name, _configs()[name])
+    ref = _peft_merged(llama_base, adapter)
+    changed = 0
+    for tensor_name, value in iter_merged_tensors(adapter, llama_base):
+        expected = ref[tensor_name].float()
+        scale = expected.abs().max().clamp_min(1e-12)
+        err = float((value - expected).abs().max() / scale)
+        assert err <= STATE_RTOL, f"{tensor_name}: relative error {err:.2e}"
+        changed += any(tensor_name.endswith(f"{t}.weight") for t in TARGETS)
+    assert changed == 2 * len(TARGETS)
+
+
+@pytest.mark.parametrize("name", ["vera", "fourierft", "oft", "hra"])
+def test_add_reads_method_config_and_tensors(name, method_adapters, registry, llama_base) -> None:
+    adapter = method_adapters(name, _configs()[name])
+    version = registry.add(adapter, name=f"m-{name}", base=llama_base).version
+    assert version.peft_type == name.upper()
+    assert set(version.target_modules) == set(TARGETS)
+
+
+def test_vera_converts_exactly_and_fourierft_truncated(
+    method_adapters, llama_base, tmp_path
+) -> None:
+    import torch
+
+    from registry.checkpoint import open_checkpoint
+    from registry.ops.convert import ConvertOptions, convert_to_lora
+    from registry.peft_dir import read_adapter_dir
+    from tests.extract.conftest import peft_deltas
+
+    shapes = {n.removesuffix(".weight"): t.shape
+              for n, t in open_checkpoint(llama_base).tensors.items()}
+    vera = method_adapters("vera", _configs()["vera"])
+    res = convert_to_lora(read_adapter_dir(vera), tmp_path / "vera", ConvertOptions(),
+                          base_shapes=shapes)
+    assert res.exact and max(m.rank for m in res.modules) <= 4
+    ref = peft_deltas(llama_base, vera)
+    from safetensors.torch import load_file
+
+    t = load_file(str(tmp_path / "vera" / "adapter_model.safetensors"))
+    for module, delta in ref.items():
+        k = f"base_model.model.{module}"
+        got = t[f"{k}.lora_B.weight"] @ t[f"{k}.lora_A.weight"]
+        assert float(torch.linalg.norm(got - delta) / torch.linalg.norm(delta)) <= 1e-5
+
+    fourier = method_adapters("fourierft", _configs()["fourierft"])
+    res = convert_to_lora(read_adapter_dir(fourier), tmp_path / "ft",
+                          ConvertOptions(energy=0.9), base_shapes=shapes)
+    ref = peft_deltas(llama_base, fourier)
+    t = load_file(str(tmp_path / "ft" / "adapter_model.safetensors"))
+    for m in res.modules:
+        k = f"base_model.model.{m.module}"
+        got = t[f"{k}.lora_B.weight"] @ t[f"{k}.lora_A.weight"]
+        err = float(torch.linalg.norm(got - ref[m.module]) / torch.linalg.norm(ref[m.module]))
+        assert err == pytest.approx(m.rel_error, rel=1e-3, abs=1e-6)
+        assert m.energy >= 0.9 and m.exact_rank is None
+
+
+def test_multiplicative_methods_refuse_conversion(method_adapters) -> None:
+    from registry.errors import UnsupportedMethod
+    from registry.ops.convert import ConvertOptions, convert_to_lora
+    from registry.peft_dir import read_adapter_dir
+
+    oft = method_adapters("oft", _configs()["oft"])
+    with pytest.raises(UnsupportedMethod, match="rotates the base weight"):
+        convert_to_lora(read_adapter_dir(oft), Path("/nonexistent-out"), ConvertOptions())
