@@ -534,10 +534,14 @@ def _register(reg: Registry, f: _Fetched, repo_id: str, name: str,
             ref = pulled[ref]
         elif parent is not None and parent.name == m["name"] and parent.version is not None:
             ref = f"hf://{repo_id}@v{parent.version}"
-        try:
-            local = None if ref.startswith("hf://") else reg.resolve(ref)
-        except AdaptError:
-            local = None  # not in this registry: keep the printed ref
+        local = reg.find_version_by_digest(p["digest"]) if p.get("digest") else None
+        if local is None and ref not in pulled.values() and p.get("remote"):
+            ref = p["remote"]  # not here: name it where it was pushed, so pull can fetch it
+        elif local is None and not ref.startswith("hf://") and not p.get("digest"):
+            try:
+                local = reg.resolve(ref)
+            except AdaptError:
+                local = None  # not in this registry: keep the printed ref
         lineage.append(ImportedLineage(ref, local.id if local else None, p.get("weight"),
                                        p.get("role", "parent"), p.get("params"),
                                        local.digest if local else p.get("digest")))

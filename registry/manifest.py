@@ -83,6 +83,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "params": {"type": ["object", "null"]},
                     "digest": {"type": ["string", "null"],
                                "description": "the parent's content digest"},
+                    "remote": {"type": "string",
+                               "description": "hf://ORG/NAME@vN where the parent was pushed"},
                 },
             },
         },
@@ -213,12 +215,19 @@ def build_manifest(reg: Registry, ref: str, *, publish_tags: bool = False) -> di
         if key in LOCAL_FIELDS:
             continue
         manifest[key] = _iso(value)
+    # never publish a local path: the base by its Hub id, a source from disk by its name
+    manifest["base_model"] = base_hub_id(reg, shown.get("base_fingerprint"),
+                                         shown.get("base_model"))
+    manifest["source"] = public_source(shown.get("source"))
     manifest["scores"] = [{k: _iso(v) for k, v in s.items()} for s in shown["scores"]]
     if not publish_tags:
         manifest["tags"] = []
-    # a parent's state (local/deleted/remote) is this registry's view, not the version's
-    manifest["parents"] = [{k: v for k, v in p.items() if k != "state"}
-                           for p in shown["parents"]]
+    # a parent's state (local/deleted/remote) is this registry's view, not the version's; a
+    # parent that was pushed is named by its Hub tag, so a pull elsewhere can resolve it
+    manifest["parents"] = [
+        {**{k: v for k, v in p.items() if k != "state"}, **_remote_of(reg, p)}
+        for p in shown["parents"]
+    ]
     rows = reg.run_details([r["id"] for r in shown["validation_runs"]])
     manifest["validation_runs"] = [
         {
@@ -229,6 +238,14 @@ def build_manifest(reg: Registry, ref: str, *, publish_tags: bool = False) -> di
         for run in shown["validation_runs"]
     ]
     return manifest
+
+
+def _remote_of(reg: Registry, parent: dict[str, Any]) -> dict[str, str]:
+    """{"remote": "hf://ORG/NAME@vN"} for a local parent that was pushed, else {}."""
+    if parent.get("state") != "local":
+        return {"remote": parent["ref"]} if str(parent["ref"]).startswith("hf://") else {}
+    pushed = [h for h in reg.show(parent["ref"])["hub"] if h["direction"] == "push" and h["tag"]]
+    return {"remote": f"hf://{pushed[-1]['repo']}@{pushed[-1]['tag']}"} if pushed else {}
 
 
 def render_manifest(manifest: dict[str, Any]) -> bytes:
@@ -252,6 +269,47 @@ def card_scores(manifest: dict[str, Any]) -> list[dict[str, Any]]:
         if is_quality_metric(str(s["metric"]))
         and (s.get("run_id") is None or s.get("run_id") == latest_pass)
     ]
+
+
+def is_hub_id(value: object) -> bool:
+    """Whether `value` reads as a Hub model id (ORG/NAME) rather than a local directory."""
+    from pathlib import Path
+
+    return (isinstance(value, str) and _REPO_ID.match(value) is not None
+            and not Path(value).expanduser().exists())
+
+
+def base_hub_id(reg: Registry, base_fingerprint: str | None,
+                adapter_base: str | None = None) -> str | None:
+    """The Hub id of a version's base: the registered base's `details["hub_id"]`, else its
+    config.json `_name_or_path` when that is an ORG/NAME id, else the adapter's own
+    `base_model_name_or_path` when that is one. None when only a local path is known."""
+    from pathlib import Path
+
+    base = reg.find_base(base_fingerprint) if base_fingerprint else None
+    if base is not None:
+        hub_id = (base.details or {}).get("hub_id")
+        if is_hub_id(hub_id):
+            return str(hub_id)
+        config = Path(base.path) / "config.json" if base.path else None
+        if config is not None and config.is_file():
+            try:
+                named = json.loads(config.read_text()).get("_name_or_path")
+            except (OSError, ValueError, AttributeError):
+                named = None
+            if is_hub_id(named):
+                return str(named)
+    return adapter_base if is_hub_id(adapter_base) else None
+
+
+def public_source(source: str | None) -> str | None:
+    """A version's source as it may be published: URLs and refs as they are, a local path as
+    its last component only (the directory's name tells where it came from, the path leaks)."""
+    if not source or "://" in source:
+        return source
+    if source.startswith(("/", "~", ".", "\\")) or re.match(r"^[A-Za-z]:[\\/]", source):
+        return re.split(r"[\\/]", source.rstrip("/\\"))[-1] or None
+    return source
 
 
 def build_model_card(manifest: dict[str, Any], repo_id: str, *,
@@ -282,6 +340,7 @@ def build_model_card(manifest: dict[str, Any], repo_id: str, *,
     data = ModelCardData(
         license=license,
         base_model=hub_base,
+        base_model_relation="adapter" if hub_base else None,
         library_name="peft",
         tags=tags,
         model_name=repo_id.split("/")[-1] if results else None,

@@ -198,6 +198,7 @@ class GcReport:
     removed_blobs: list[str] = field(default_factory=list)
     removed_bytes: int = 0
     removed_temp_files: int = 0
+    removed_temp_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,6 +210,8 @@ class FsckReport:
     checked_rows: int = 0
     problems: list[str] = field(default_factory=list)
     orphan_blobs: list[str] = field(default_factory=list)
+    # temp blobs and partial directories left by crashes: {path, kind, size, age_seconds}
+    leftovers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -179,6 +179,10 @@ class Registry:
     def version_by_id(self, version_id: int) -> VersionInfo | None:
         return version_rows.by_id(self.catalog, version_id)
 
+    def find_version_by_digest(self, digest: str) -> VersionInfo | None:
+        """A live version with exactly this content digest (the oldest), or None."""
+        return version_rows.by_digest(self.catalog, digest)
+
     # -- adding ------------------------------------------------------------------------------
     def add(
         self,
@@ -532,14 +536,18 @@ class Registry:
         return base_rows.choices(self.catalog)
 
     # -- maintenance -------------------------------------------------------------------------
-    def gc(self, *, dry_run: bool = False, temp_grace_seconds: float = 3600) -> GcReport:
-        """Remove blobs no version references, and temp files left by interrupted writes."""
+    def gc(self, *, dry_run: bool = False, temp_grace_seconds: float = 3600,
+           temp_only: bool = False) -> GcReport:
+        """Remove blobs no version references, and temp files left by interrupted writes
+        (temp_only: only those, including adapt's temp dirs in the system temp dir)."""
         return blob_rows.gc(self.catalog, self.store, dry_run=dry_run,
-                            temp_grace_seconds=temp_grace_seconds)
+                            temp_grace_seconds=temp_grace_seconds, temp_only=temp_only,
+                            home=self.settings.home)
 
     def fsck(self, *, verify_hashes: bool = True) -> FsckReport:
         """Every file row has its blob; every blob hashes to its name; orphans listed apart."""
-        return blob_rows.fsck(self.catalog, self.store, verify_hashes=verify_hashes)
+        return blob_rows.fsck(self.catalog, self.store, verify_hashes=verify_hashes,
+                              home=self.settings.home)
 
     # -- Hugging Face Hub (registry.hub does the transfer) ------------------------------------
     def push(self, ref: str, *, repo: str | None = None, private: bool = False,

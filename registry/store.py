@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from registry.errors import IntegrityError
@@ -117,3 +120,86 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# the prefixes of adapt's own temporary directories in the system temp dir (tempfile's default)
+SYSTEM_TEMP_PREFIXES = ("adapt-add-", "adapt-pull-", "adapt-push-", "adapt-compose-",
+                        "adapt-extract-", "adapt-convert-")
+_MAX_WALK = 100_000  # entries counted per leftover; a size is a report, not an audit
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A temp file or partial directory an interrupted write left behind."""
+
+    path: Path
+    kind: str  # "temp blob", "partial checkout", "temp file", "temp dir"
+    size: int  # bytes, summed over a directory's files
+    newest: float  # newest mtime inside it (a write in progress keeps this fresh)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": str(self.path), "kind": self.kind, "size": self.size,
+                "age_seconds": max(0, int(time.time() - self.newest))}
+
+
+def find_leftovers(home: Path, *, system_temp: bool = True) -> list[Leftover]:
+    """Temp blobs, partial checkouts and adapt's temp dirs left by crashes (kill -9, ENOSPC).
+
+    Looks under ADAPT_HOME (`blobs/.tmp-*`, `cache/.tmp-*`, `cache/checkouts/.tmp-*`) and,
+    with `system_temp`, at this user's `adapt-*-` directories in the system temp dir.
+    """
+    found: list[Leftover] = []
+    places = [(home / "blobs", "temp blob"), (home / "cache", "temp file"),
+              (home / "cache" / "checkouts", "partial checkout")]
+    for folder, kind in places:
+        if folder.is_dir():
+            for entry in sorted(folder.glob(".tmp-*")):
+                found.append(_leftover(entry, kind))
+    if system_temp:
+        tmp = Path(tempfile.gettempdir())
+        uid = os.getuid() if hasattr(os, "getuid") else None
+        try:
+            entries = sorted(tmp.iterdir())
+        except OSError:
+            entries = []
+        for entry in entries:
+            if not entry.name.startswith(SYSTEM_TEMP_PREFIXES):
+                continue
+            try:
+                st = entry.lstat()
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and (uid is None or st.st_uid == uid):
+                found.append(_leftover(entry, "temp dir"))
+    return found
+
+
+def _leftover(path: Path, kind: str) -> Leftover:
+    """Size and newest mtime of a file, or of a directory's tree (links never followed)."""
+    size, newest, seen = 0, 0.0, 0
+    stack = [path]
+    while stack and seen < _MAX_WALK:
+        p = stack.pop()
+        seen += 1
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        newest = max(newest, st.st_mtime)
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                stack.extend(p.iterdir())
+            except OSError:
+                continue
+        elif stat.S_ISREG(st.st_mode):
+            size += st.st_size
+    return Leftover(path, kind, size, newest)
+
+
+def remove_leftover(leftover: Leftover) -> None:
+    """Delete a leftover file or directory (a vanished one is fine: its owner finished)."""
+    path = leftover.path
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

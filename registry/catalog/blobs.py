@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from registry.catalog.sql import in_clause
 from registry.records import FsckReport, GcReport
+from registry.store import Leftover, find_leftovers, remove_leftover
 
 if TYPE_CHECKING:
     from registry.catalog import Catalog
     from registry.store import BlobStore
 
 
-def gc(cat: Catalog, store: BlobStore, *, dry_run: bool, temp_grace_seconds: float) -> GcReport:
-    """Remove blobs no version references, and temp files left by interrupted writes."""
+def gc(cat: Catalog, store: BlobStore, *, dry_run: bool, temp_grace_seconds: float,
+       temp_only: bool = False, home: Path | None = None) -> GcReport:
+    """Remove blobs no version references, and temp files left by interrupted writes.
+
+    temp_only: remove only leftovers (temp blobs, partial checkouts under `home`, and adapt's
+    temp dirs in the system temp dir), not orphan blobs.
+    """
     report = GcReport()
+    if not temp_only:
+        _remove_orphans(cat, store, report, dry_run=dry_run)
+    # a leftover may belong to a write in progress: only ones idle past the grace period go
+    cutoff = time.time() - temp_grace_seconds
+    for leftover in _leftovers(store, home, system_temp=temp_only):
+        if leftover.newest <= cutoff:
+            report.removed_temp_files += 1
+            report.removed_temp_bytes += leftover.size
+            if not dry_run:
+                remove_leftover(leftover)
+    return report
+
+
+def _leftovers(store: BlobStore, home: Path | None, *, system_temp: bool) -> list[Leftover]:
+    if home is not None:
+        return find_leftovers(home, system_temp=system_temp)
+    out = []
+    for tmp in store.temp_files():
+        st = tmp.stat()
+        out.append(Leftover(tmp, "temp blob", st.st_size, st.st_mtime))
+    return out
+
+
+def _remove_orphans(cat: Catalog, store: BlobStore, report: GcReport, *, dry_run: bool) -> None:
     # the transaction holds the write lock (BEGIN IMMEDIATE on SQLite, an advisory lock on
     # PostgreSQL), so no add commits rows for a blob while we delete it
     with cat.tx(write=True) as tx:
@@ -32,19 +63,14 @@ def gc(cat: Catalog, store: BlobStore, *, dry_run: bool, temp_grace_seconds: flo
                 chunk, params = in_clause("s", report.removed_blobs[i:i + 500])
                 tx.run(f"DELETE FROM blob WHERE sha256 IN {chunk}", **params)
             tx.run("DELETE FROM blob WHERE sha256 NOT IN (SELECT sha256 FROM version_file)")
-        # a temp file may belong to a write in progress: only old ones are abandoned
-        cutoff = datetime.now() - timedelta(seconds=temp_grace_seconds)
-        for tmp in store.temp_files():
-            if datetime.fromtimestamp(tmp.stat().st_mtime) <= cutoff:
-                report.removed_temp_files += 1
-                if not dry_run:
-                    tmp.unlink(missing_ok=True)
-    return report
 
 
-def fsck(cat: Catalog, store: BlobStore, *, verify_hashes: bool) -> FsckReport:
-    """Every file row has its blob; every blob hashes to its name; orphans listed apart."""
+def fsck(cat: Catalog, store: BlobStore, *, verify_hashes: bool,
+         home: Path | None = None) -> FsckReport:
+    """Every file row has its blob; every blob hashes to its name; orphans listed apart, and
+    leftovers of interrupted writes (temp blobs, partial directories) with their sizes."""
     report = FsckReport()
+    report.leftovers = [lo.to_dict() for lo in _leftovers(store, home, system_temp=True)]
     with cat.tx() as tx:
         rows = tx.all("SELECT f.sha256, f.path, a.name, v.version FROM version_file f "
                       "JOIN adapter_version v ON v.id = f.version_id "

@@ -98,6 +98,14 @@ def by_id(cat: Catalog, version_id: int) -> VersionInfo | None:
         return version_info(tx, *found) if found else None
 
 
+def by_digest(cat: Catalog, digest: str) -> VersionInfo | None:
+    with cat.tx() as tx:
+        vid = tx.scalar("SELECT id FROM adapter_version WHERE manifest_digest = :d "
+                        "ORDER BY id LIMIT 1", d=digest)
+        found = row_by_id(tx, vid) if vid is not None else None
+        return version_info(tx, *found) if found else None
+
+
 # -- adding --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NewVersion:

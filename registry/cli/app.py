@@ -16,7 +16,20 @@ from typing import Any
 
 import typer
 
-from registry.cli import base, compose, core, demo, env, hub, merge, quantize, ship, tui, validate
+from registry.cli import (
+    base,
+    compose,
+    core,
+    demo,
+    env,
+    hub,
+    lifecycle,
+    merge,
+    quantize,
+    ship,
+    tui,
+    validate,
+)
 from registry.cli import extract as extract_commands
 from registry.cli.exit_codes import ExitCode, exit_code_for
 from registry.cli.output import print_error, quiet_third_party, with_output_modes
@@ -61,7 +74,7 @@ def _root(
 
 
 for module in (core, base, merge, compose, quantize, validate, hub, tui, demo, env, ship,
-               extract_commands):
+               extract_commands, lifecycle):
     module.register(app)
 
 

@@ -184,6 +184,9 @@ def show(
 def tag(
     ref: str = typer.Argument(..., help="The version to tag."),
     name: str = typer.Argument(..., help="Tag name, e.g. prod or staging."),
+    protect: bool = typer.Option(False, "--protect", help="Protect the tag: moving or removing "
+                                 "it later needs --force."),
+    force: bool = typer.Option(False, "--force", help="Move a protected tag."),
     json_: bool = JSON,
 ) -> None:
     """Point a tag at a version (moving it if it exists).
@@ -191,8 +194,10 @@ def tag(
     Example:
 
       adapt tag support-lora@3 prod
+
+      adapt tag support-lora@4 prod --protect --force
     """
-    v = open_registry().tag(ref, name)
+    v = open_registry().tag(ref, name, protect=protect, force=force)
     if json_:
         print_json({"tag": f"{v.name}:{name}", "ref": v.ref, "digest": v.digest})
         return
@@ -202,6 +207,7 @@ def tag(
 def untag(
     name: str = typer.Argument(..., help="Adapter name."),
     tag_: str = typer.Argument(..., metavar="TAG", help="Tag to remove."),
+    force: bool = typer.Option(False, "--force", help="Remove a protected tag."),
     json_: bool = JSON,
 ) -> None:
     """Remove a tag.
@@ -210,7 +216,7 @@ def untag(
 
       adapt untag support-lora staging
     """
-    open_registry().untag(name, tag_)
+    open_registry().untag(name, tag_, force=force)
     if json_:
         print_json({"removed": f"{name}:{tag_}"})
         return
@@ -220,34 +226,69 @@ def untag(
 def rm(
     ref: str = typer.Argument(..., help="The version to delete."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    force: bool = typer.Option(False, "--force", help="Delete even a version that is tagged, "
+                               "pushed, a parent of another, or validated."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would go and what "
+                                 "stands in the way."),
     json_: bool = JSON,
 ) -> None:
-    """Delete a version (its blobs stay until `adapt gc`).
+    """Delete a version (its blobs stay until `adapt gc`), leaving a tombstone.
+
+    Refused (exit 8) while the version is tagged, pushed, the parent of another version, or
+    has a passing validation run, unless --force. Its number is never given to other content.
 
     Example:
 
       adapt rm support-lora@1 --yes
     """
     reg = open_registry()
-    v = reg.resolve(ref)
+    plan = reg.removal_plan(ref)
+    if dry_run:
+        if json_:
+            print_json(plan.to_dict())
+            return
+        console.print(f"would delete {plan.ref} ({', '.join(plan.files)})", markup=False)
+        for why in plan.blockers:
+            console.print(f"  blocked: {why} (--force overrides)", markup=False)
+        return
+    if plan.blockers and not force:
+        from registry.errors import InUse
+
+        raise InUse(plan.ref, plan.blockers, "pass --force to delete it anyway")
+    v = reg.resolve(plan.ref)
     if not yes and not typer.confirm(f"delete {v.ref}?", err=True):
         raise typer.Abort()
-    reg.remove(v.ref)
-    console.print(f"deleted {v.ref}")
+    reg.remove(v.ref, force=force)
+    if json_:
+        print_json({"deleted": v.ref, "digest": v.digest})
+        return
+    console.print(f"deleted {v.ref}", markup=False)
 
 
 def export(
     ref: str = typer.Argument(..., help="The version to export."),
-    dest: Path = typer.Argument(..., help="A new or empty directory."),
+    dest: Path = typer.Argument(..., help="A new or empty directory (a new .gguf file for "
+                                "--format gguf)."),
+    format_: str = typer.Option("peft", "--format", "-f", help="peft (the adapter directory), "
+                                "gguf (a llama.cpp LoRA GGUF) or ollama (GGUF + Modelfile)."),
+    base: str | None = typer.Option(None, "--base", "-b", help="Base model directory or "
+                                    "registered name (gguf/ollama; default: the version's)."),
+    json_: bool = JSON,
 ) -> None:
-    """Write a version as a PEFT directory (every file verified against its sha256).
+    """Write a version as a PEFT directory (every file verified against its sha256), a
+    llama.cpp LoRA GGUF, or an Ollama import directory.
 
-    Example:
+    Examples:
 
       adapt export support-lora:prod ./deploy/support-lora
+
+      adapt export support-lora:prod ./support.gguf --format gguf --base smollm2
     """
-    out = open_registry().export(ref, dest)
-    console.print(f"exported {ref} to {out}")
+    shipped = open_registry().export_as(ref, dest, format=format_, base=base)
+    if json_:
+        print_json({"ref": shipped.ref, "format": shipped.format, "path": str(shipped.path)})
+        return
+    console.print(f"exported {shipped.ref} as {shipped.format} to {shipped.path}", markup=False)
 
 
 def score(
@@ -257,9 +298,19 @@ def score(
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset it was measured on."),
     base: str | None = typer.Option(None, "--base", help="Base fingerprint it was measured "
                                     "with (default: the version's)."),
+    higher_is_better: bool | None = typer.Option(
+        None, "--higher-is-better/--lower-is-better", help="Which way is better (default: "
+        "known from the metric's name: accuracy, f1, bleu... up; loss, ppl, wer... down)."),
+    quantization: str | None = typer.Option(None, "--quantization", help="Quantization it "
+                                            "was measured under, e.g. nf4."),
+    append: bool = typer.Option(False, "--append", help="Keep earlier values of the same "
+                                "metric/dataset/base as history instead of replacing them."),
     json_: bool = JSON,
 ) -> None:
     """Record an evaluation score.
+
+    One value per (version, metric, dataset, base, quantization): recording it again replaces
+    it, unless --append keeps the history.
 
     Example:
 
@@ -272,7 +323,8 @@ def score(
     if not math.isfinite(value):  # NaN/Inf would sort and gate as nonsense
         raise UsageError(f"--value must be a finite number, not {value!r}")
     reg = open_registry()
-    reg.add_score(ref, metric, value, dataset=dataset, base_fingerprint=base)
+    reg.add_score(ref, metric, value, dataset=dataset, base_fingerprint=base,
+                  higher_is_better=higher_is_better, quantization=quantization, append=append)
     resolved = reg.resolve(ref).ref
     if json_:
         print_json({"ref": resolved, "metric": metric, "value": value, "dataset": dataset})
@@ -282,21 +334,35 @@ def score(
 
 def gc(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
+    temp: bool = typer.Option(False, "--temp", help="Remove only what interrupted writes left "
+                              "(temp blobs, partial checkouts, adapt's temp dirs in the system "
+                              "temp dir) once idle for a minute, not orphan blobs."),
     json_: bool = JSON,
 ) -> None:
-    """Remove blobs that no version references.
+    """Remove blobs that no version references, and temp files idle for an hour.
 
-    Example:
+    `adapt fsck` lists what crashes left behind, with sizes; `adapt gc --temp` removes it.
+
+    Examples:
 
       adapt gc --dry-run
+
+      adapt gc --temp
     """
-    report = open_registry().gc(dry_run=dry_run)
+    reg = open_registry()
+    report = (reg.gc(dry_run=dry_run, temp_only=True, temp_grace_seconds=60) if temp
+              else reg.gc(dry_run=dry_run))
     if json_:
         print_json(report.to_dict())
         return
     verb = "would remove" if dry_run else "removed"
+    temps = (f"{report.removed_temp_files} temp file(s)/dir(s), "
+             f"{human_bytes(report.removed_temp_bytes)}")
+    if temp:
+        console.print(f"{verb} {temps}", markup=False)
+        return
     console.print(f"{verb} {len(report.removed_blobs)} blob(s), "
-                  f"{human_bytes(report.removed_bytes)}; {report.removed_temp_files} temp file(s)")
+                  f"{human_bytes(report.removed_bytes)}; {temps}", markup=False)
 
 
 def fsck(
@@ -320,8 +386,15 @@ def fsck(
     else:
         for p in report.problems:
             console.print(f"problem: {p}", markup=False)
+        for lo in report.leftovers:
+            console.print(f"leftover: {lo['path']} ({lo['kind']}, {human_bytes(lo['size'])}, "
+                          f"idle {lo['age_seconds']} s)", markup=False)
         console.print(f"checked {report.checked_rows} file row(s), {report.checked_blobs} "
                       f"blob(s): {len(report.problems)} problem(s), "
                       f"{len(report.orphan_blobs)} orphan blob(s)")
+        if report.leftovers:
+            total = human_bytes(sum(lo["size"] for lo in report.leftovers))
+            console.print(f"{len(report.leftovers)} leftover(s) of interrupted writes, {total} "
+                          "(`adapt gc --temp` removes them)", markup=False)
     if not report.ok:
         raise ConsistencyError(report.problems)

@@ -35,6 +35,10 @@ def push(
     private: bool = typer.Option(False, "--private", help="Create the repo private."),
     all_versions: bool = typer.Option(False, "--all-versions",
                                       help="Push every version of the adapter, in order."),
+    tags: bool = typer.Option(False, "--tags", help="Publish the version's local tags in "
+                              "adapt.json (default: tags stay local)."),
+    license_: str | None = typer.Option(None, "--license", help="License id for the model "
+                                        "card, e.g. apache-2.0."),
     json_: bool = JSON,
 ) -> None:
     """Push a version to the Hub as one commit tagged v<N> (PEFT files, adapt.json, model card).
@@ -49,7 +53,7 @@ def push(
     reg = open_registry()
     with progress_bar("push", None, enabled=_bars(json_)) as update:
         result = reg.push(ref, repo=repo, private=private, all_versions=all_versions,
-                          on_progress=update)
+                          on_progress=update, publish_tags=tags, license=license_)
     if json_:
         print_json(result.to_dict())
         return
@@ -72,6 +76,8 @@ def pull(
                                       help="Pull every v<N> tag, oldest first."),
     base: Path | None = typer.Option(None, "--base", help="The base model directory: check "
                                      "compatibility and record its fingerprint."),
+    tags: bool = typer.Option(False, "--tags", help="Apply the tags published with the "
+                              "version (default: local tags are never touched)."),
     json_: bool = JSON,
 ) -> None:
     """Download, verify and register a version from the Hub (with scores and lineage).
@@ -86,7 +92,7 @@ def pull(
     reg = open_registry()
     with progress_bar("pull", None, enabled=_bars(json_)) as update:
         result = reg.pull(spec, name=name, all_versions=all_versions, base=base,
-                          on_progress=update)
+                          on_progress=update, apply_tags=tags)
     if json_:
         print_json(result.to_dict())
         return

@@ -10,7 +10,6 @@ Layouts: a "weight" is always in the base checkpoint's layout, so for GPT-2's Co
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -363,8 +362,10 @@ def _ia3_is_feedforward(
     adapter: AdapterDir, module: str, factors: Mapping[str, torch.Tensor]
 ) -> bool:
     ff = adapter.config.get("feedforward_modules")
-    if isinstance(ff, str):
-        return re.fullmatch(ff, module) is not None
+    if isinstance(ff, str):  # a regex from the file: bounded, never Python's backtracking
+        from registry.patterns import fullmatch
+
+        return fullmatch(ff, module)
     if isinstance(ff, list | tuple):
         return any(module == k or module.endswith(f".{k}") for k in ff)
     vec = factors["ia3_l"]
