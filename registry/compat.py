@@ -1,11 +1,16 @@
-"""Does an adapter fit a base model? Decided from safetensors headers alone, no weights loaded."""
+"""Does an adapter fit a base model? Decided from safetensors headers, no weights loaded.
+
+Names that differ between the adapter and the checkpoint go through registry.keymap.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 from registry.checkpoint import Checkpoint
 from registry.errors import IncompatibleBase
+from registry.keymap import KeyMap, identity_map, key_map, saved_target
 from registry.peft_dir import PROMPT_METHODS, AdapterDir, ModuleFactors
 
 
@@ -51,40 +56,91 @@ def _lokr_shape(mod: ModuleFactors, i: str) -> tuple[int, int] | None:
     return (a[0], math.prod(b[1:]))
 
 
-def check_compatible(adapter: AdapterDir, ckpt: Checkpoint) -> None:
-    """Raise IncompatibleBase naming the first module whose weight is missing or misshapen."""
+@dataclass
+class Compatibility:
+    """How an adapter fits a base: names mapped through transformers, and new heads."""
+
+    keymap: KeyMap
+    new_heads: list[str] = field(default_factory=list)  # saved modules the base lacks
+    renamed: dict[str, str] = field(default_factory=dict)  # module -> checkpoint tensor
+    fused: list[str] = field(default_factory=list)  # modules on tensors transformers fuses
+
+
+def check_compatible(adapter: AdapterDir, ckpt: Checkpoint) -> Compatibility:
+    """Raise IncompatibleBase naming the first module whose weight is missing or misshapen.
+
+    Module names go through registry.keymap, so an adapter trained on a task-head model
+    (`bert.encoder...`, a new `classifier`) fits the headless checkpoint it was loaded from.
+    """
     if adapter.peft_type in PROMPT_METHODS:
-        return
+        return Compatibility(identity_map(()))
+    km = key_map(adapter, ckpt)
+    report = Compatibility(km)
     base = ckpt.tensors
     for module in adapter.modules:
         key = f"{module}.weight"
-        info = base.get(key)
-        if info is None:
+        stored = km.checkpoint_name(key)
+        if stored is None and km.fused_reason(key) is not None:
+            report.fused.append(module)  # PEFT loads it; merge refuses it with the reason
+            continue
+        info = base.get(stored) if stored is not None else None
+        if stored is None or info is None:
             raise IncompatibleBase(module, expected_base_shape(adapter, module), None)
-        expected = expected_base_shape(adapter, module)
-        mod = adapter.modules[module]
-        if expected is not None and tuple(info.shape) != expected:
-            raise IncompatibleBase(module, expected, tuple(info.shape))
-        if adapter.peft_type == "IA3":
-            vec = mod.shape("ia3_l")
-            if vec is not None and len(vec) == 2 and len(info.shape) == 2:
-                # (1, in) scales input columns (feed-forward modules); (out, 1) scales rows
-                feedforward = vec[0] == 1 and vec[1] != 1
-                if (vec[1] != info.shape[1]) if feedforward else (vec[0] != info.shape[0]):
-                    raise IncompatibleBase(module, tuple(vec), tuple(info.shape),
-                                           "IA3 vector does not match the weight")
-        mag = mod.shape("lora_magnitude_vector")
-        if mag is not None and len(info.shape) >= 1:
-            out_dim = info.shape[1] if adapter.fan_in_fan_out else info.shape[0]
-            if mag[0] != out_dim:
-                raise IncompatibleBase(module, tuple(mag), tuple(info.shape),
-                                       "DoRA magnitude does not match the output size")
+        if stored != key:
+            report.renamed[module] = stored
+        _check_module_shape(adapter, module, tuple(info.shape))
     for key, tinfo in adapter.extra_tensors.items():
         # modules_to_save weights (and saved embedding layers) replace base tensors 1:1
-        target = key.replace(".modules_to_save.", ".").replace(".base_layer.", ".")
-        base_info = base.get(target)
-        if base_info is None:
+        target = saved_target(key)
+        saved_as = km.checkpoint_name(target)
+        if saved_as is None:
+            want = km.model_shapes.get(km.model_name(target))
+            if want is not None and tuple(want) != tuple(tinfo.shape):
+                raise IncompatibleBase(target.rsplit(".", 1)[0], tuple(tinfo.shape),
+                                       tuple(want), "the model class has another head size")
+            head = target.rsplit(".", 1)[0]
+            if head not in report.new_heads:
+                report.new_heads.append(head)
             continue
+        base_info = base[saved_as]
         if tuple(base_info.shape) != tuple(tinfo.shape):
             raise IncompatibleBase(target.rsplit(".", 1)[0], tuple(tinfo.shape),
                                    tuple(base_info.shape))
+    return report
+
+
+def _check_module_shape(adapter: AdapterDir, module: str, shape: tuple[int, ...]) -> None:
+    expected = expected_base_shape(adapter, module)
+    mod = adapter.modules[module]
+    if expected is not None and shape != expected:
+        raise IncompatibleBase(module, expected, shape)
+    if adapter.peft_type == "IA3":
+        vec = mod.shape("ia3_l")
+        if vec is not None and len(vec) == 2 and len(shape) == 2 and not _broadcasts(vec, shape):
+            raise IncompatibleBase(module, tuple(vec), shape,
+                                   "IA3 vector does not match the weight")
+    mag = mod.shape("lora_magnitude_vector")
+    if mag is not None and len(shape) >= 1:
+        if "lora_embedding_A" in mod.parts:
+            out_dim = shape[1]  # an embedding is (num_embeddings, dim); DoRA scales per dim
+        else:
+            out_dim = shape[1] if _stored_in_out(adapter, mod, shape) else shape[0]
+        if mag[0] != out_dim:
+            raise IncompatibleBase(module, tuple(mag), shape,
+                                   "DoRA magnitude does not match the output size")
+
+
+def _broadcasts(vec: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """An IA3 vector scales rows (out, 1) or input columns (1, in) of a weight stored as
+    (out, in), or the same transposed for GPT-2's Conv1D, which stores (in, out)."""
+    def fits(v: tuple[int, ...], s: tuple[int, ...]) -> bool:
+        return v[0] in (1, s[0]) and v[1] in (1, s[1]) and max(v) > 1 or v == (1, 1)
+    return fits(vec, shape) or fits(vec[::-1], shape)
+
+
+def _stored_in_out(adapter: AdapterDir, mod: ModuleFactors, shape: tuple[int, ...]) -> bool:
+    """Whether this weight is stored (in, out) like Conv1D: from the factors when unambiguous."""
+    a, b = mod.shape("lora_A"), mod.shape("lora_B")
+    if a is not None and b is not None and len(shape) == 2 and b[0] != a[1]:
+        return shape == (a[1], b[0])
+    return adapter.fan_in_fan_out

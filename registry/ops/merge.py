@@ -43,6 +43,7 @@ from registry.ops.merge_stream import (
     prepare_merge,
     stream_merged,
 )
+from registry.ops.merge_targets import update_model_config
 from registry.ops.options import BASE_QUANTIZATIONS, MergeOptions
 
 __all__ = ["BASE_QUANTIZATIONS", "MERGE_RECORD", "MergeOptions", "MergeResult",
@@ -137,6 +138,7 @@ def merge_adapter_into_base(
     with staged_output(out_dir) as tmp:
         _write_shards(prep, shards, metadata, tmp, opts.base_quantization, on_progress)
         copied = copy_files(copies, tmp)
+        update_model_config(tmp / "config.json", prep.config_updates)
         if opts.dtype is not None:
             _set_config_dtype(tmp / "config.json", opts.dtype)
         record = {**facts, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

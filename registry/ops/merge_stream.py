@@ -8,7 +8,7 @@ merged in float32. `merge` writes this stream to disk; `requantize` quantizes it
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from registry.errors import IncompatibleBase, InvalidModel, MissingDependency, U
 from registry.io.dtypes import torch_dtype
 from registry.io.shards import RawBytes
 from registry.ops.deltas import check_mergeable, merged_bias, merged_weight, module_factors
+from registry.ops.merge_targets import plan_targets
 from registry.ops.options import BASE_QUANTIZATIONS, check_base_quantization
 from registry.peft_dir import AdapterDir, load_tensors, read_adapter_dir
 from registry.safetensors_header import TensorInfo
@@ -41,6 +42,7 @@ class PreparedMerge:
     appended: dict[str, torch.Tensor]  # saved tensors the base lacks (e.g. a new head)
     weight_of: dict[str, str]  # "<module>.weight" -> module
     bias_of: dict[str, str]  # "<module>.bias" -> module
+    config_updates: dict[str, Any] = field(default_factory=dict)  # for config.json
 
     def touches(self, name: str) -> bool:
         """Whether the merge changes this base tensor."""
@@ -56,22 +58,21 @@ def prepare_merge(adapter_dir: Path, base_dir: Path) -> PreparedMerge:
     base = ckpt.tensors
     tensors = load_tensors(adapter)
     factors = module_factors(adapter, tensors)
-    replacements: dict[str, torch.Tensor] = {}
-    appended: dict[str, torch.Tensor] = {}
-    for key, info in adapter.extra_tensors.items():
+    for key in adapter.extra_tensors:
         if "trainable_tokens" in key:
             raise UnsupportedMethod(f"{adapter.method} (trainable_token_indices)", "merged",
                                     "adapt does not merge trainable token deltas yet")
-        target = key.replace(".modules_to_save.", ".").replace(".base_layer.", ".")
-        (replacements if target in base else appended)[target] = tensors[info.name]
-    for module, parts in factors.items():
-        if "lora_B.bias" in parts and f"{module}.bias" not in base:
-            raise IncompatibleBase(module, None, tuple(base[f"{module}.weight"].shape),
+    # adapter module names -> checkpoint names (prefixes, renames, ties, new heads)
+    targets = plan_targets(adapter, ckpt, factors, tensors)
+    for name, module in targets.weight_of.items():
+        if "lora_B.bias" in factors[module] and module not in targets.bias_of.values():
+            raise IncompatibleBase(module, None, tuple(base[name].shape),
                                    "the adapter has lora_bias but the base layer has no bias")
     return PreparedMerge(
-        adapter, ckpt, factors, replacements, appended,
-        weight_of={f"{m}.weight": m for m in factors},
-        bias_of={f"{m}.bias": m for m in factors},
+        adapter, ckpt, factors, targets.replacements, targets.appended,
+        weight_of=targets.weight_of,
+        bias_of=targets.bias_of,
+        config_updates=targets.config_updates,
     )
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from registry.errors import IncompatibleBase
 from registry.ops.merge import iter_merged_tensors, merge_adapter_into_base
 from registry.ops.options import MergeOptions
 from tests.merge.conftest import ADAPTERS
@@ -62,18 +61,7 @@ def _assert_state_close(ours: dict, ref: dict, *, complete: bool = True) -> None
         assert err <= STATE_RTOL, f"{name}: relative error {err:.2e}"
 
 
-# registry.compat.check_compatible compares an IA3 vector with the base weight as if it were
-# (out, in); GPT-2's Conv1D stores (in, out), so the gate refuses a good adapter. The math
-# itself is checked below without the gate; the xfail turns into a failure once compat is fixed.
-_CASES = [
-    pytest.param(name, marks=pytest.mark.xfail(raises=IncompatibleBase, strict=True,
-                                               reason="compat: IA3 on Conv1D"))
-    if name == "gpt2-ia3" else name
-    for name in ADAPTERS
-]
-
-
-@pytest.mark.parametrize("name", _CASES)
+@pytest.mark.parametrize("name", ADAPTERS)
 def test_merge_matches_peft_merge_and_unload(name: str, build_case, tmp_path: Path) -> None:
     import torch
 

@@ -1,0 +1,118 @@
+"""Real-world layouts merge to PEFT's function: headless bases with task heads, tied embeddings,
+GPT-2's prefix and Conv1D, T5. PEFT's unmerged forward is the oracle; the merged directory is
+loaded with the Auto class the adapter was trained with and must give the same logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry.checkpoint import open_checkpoint
+from registry.compat import check_compatible
+from registry.ops.merge import merge_adapter_into_base
+from registry.peft_dir import read_adapter_dir
+from tests.layouts.conftest import Layout
+
+# float32: merged x @ (W + dW) vs PEFT's x @ W + x @ A^T B^T differ by summation order only
+LOGITS_ATOL = 1e-5
+
+
+def _peft_logits(layout: Layout) -> Any:
+    import torch
+    import transformers
+    from peft import PeftModel
+
+    cls = getattr(transformers, layout.auto_class)
+    torch.manual_seed(0)
+    model = cls.from_pretrained(layout.base, dtype=torch.float32, **layout.model_kwargs)
+    peft_model = PeftModel.from_pretrained(model, str(layout.adapter)).eval()
+    with torch.no_grad():
+        return peft_model(**layout.inputs).logits
+
+
+def _merged_logits(layout: Layout, out: Path) -> Any:
+    import torch
+    import transformers
+
+    cls = getattr(transformers, layout.auto_class)
+    model = cls.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(**layout.inputs).logits
+
+
+def _assert_parity(layout: Layout, out: Path) -> None:
+    import torch
+
+    ref = _peft_logits(layout)
+    ours = _merged_logits(layout, out)
+    assert ours.shape == ref.shape
+    diff = (ours - ref).abs().max().item()
+    assert torch.allclose(ours, ref, atol=LOGITS_ATOL, rtol=0), f"max logit difference {diff:.2e}"
+
+
+def _tensor_names(out: Path) -> set[str]:
+    return set(open_checkpoint(out).tensors)
+
+
+@pytest.mark.parametrize("name", ["bert-seqcls", "roberta-seqcls", "gpt2-lora", "gpt2-ia3",
+                                  "t5-lora", "dora-embed"])
+def test_merged_layout_matches_peft_forward(name: str, build_layout, tmp_path: Path) -> None:
+    layout = build_layout(name)
+    out = tmp_path / "merged"
+    result = merge_adapter_into_base(layout.adapter, layout.base, out)
+    assert result.merged_modules > 0
+    _assert_parity(layout, out)
+
+
+def test_headless_bert_gets_the_classifier_head_and_its_size(build_layout,
+                                                              tmp_path: Path) -> None:
+    layout = build_layout("bert-seqcls")
+    out = tmp_path / "merged"
+    merge_adapter_into_base(layout.adapter, layout.base, out)
+    names = _tensor_names(out)
+    assert {"classifier.weight", "classifier.bias"} <= names
+    # the base's own names are kept: transformers adds `bert.` when it loads them
+    assert "encoder.layer.0.attention.self.query.weight" in names
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert len(config["id2label"]) == 3
+
+
+def test_seqcls_adapter_fits_headless_base_and_names_its_new_head(build_layout) -> None:
+    layout = build_layout("bert-seqcls")
+    report = check_compatible(read_adapter_dir(layout.adapter), open_checkpoint(layout.base))
+    assert report.new_heads == ["classifier"]
+    assert report.renamed["bert.encoder.layer.0.attention.self.query"] == (
+        "encoder.layer.0.attention.self.query.weight")
+
+
+def test_gpt2_ia3_on_conv1d_is_compatible(build_layout) -> None:
+    layout = build_layout("gpt2-ia3")
+    report = check_compatible(read_adapter_dir(layout.adapter), open_checkpoint(layout.base))
+    assert report.renamed  # `transformer.h.0...` on a headless `h.0...` checkpoint
+
+
+@pytest.mark.parametrize("name", ["tied-embed", "tied-head", "tied-saved-head"])
+def test_tied_embedding_adapters_untie_and_match_peft(name: str, build_layout,
+                                                      tmp_path: Path) -> None:
+    layout = build_layout(name)
+    assert "lm_head.weight" not in _tensor_names(layout.base)  # stored once, tied
+    out = tmp_path / "merged"
+    merge_adapter_into_base(layout.adapter, layout.base, out)
+    names = _tensor_names(out)
+    assert {"lm_head.weight", "model.embed_tokens.weight"} <= names
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    _assert_parity(layout, out)
+
+
+def test_adapter_away_from_tied_weights_keeps_the_tied_layout(build_layout,
+                                                              tmp_path: Path) -> None:
+    layout = build_layout("gpt2-lora")  # GPT-2 ties lm_head to wte; the adapter touches neither
+    out = tmp_path / "merged"
+    merge_adapter_into_base(layout.adapter, layout.base, out)
+    assert _tensor_names(out) == _tensor_names(layout.base)
+    config = json.loads((out / "config.json").read_text())
+    assert config.get("tie_word_embeddings", True) is True
