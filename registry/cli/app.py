@@ -33,6 +33,7 @@ from registry.cli import (
 from registry.cli import extract as extract_commands
 from registry.cli.exit_codes import ExitCode, exit_code_for
 from registry.cli.output import print_error, quiet_third_party, with_output_modes
+from registry.terminal import safe_line
 
 app = typer.Typer(
     name="adapt",
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     except AdaptError as error:
         if debug:
             raise
-        print_error(str(error))
+        print_error(safe_line(str(error)))  # remote text: no escapes, no echoed token
         sys.exit(int(exit_code_for(error)))
     except typer.Exit as done:
         sys.exit(done.exit_code)
@@ -140,16 +141,16 @@ def main(argv: list[str] | None = None) -> None:
             typer.echo(error.format_message())  # type: ignore[attr-defined]
             sys.exit(int(ExitCode.OK))
         if isinstance(error, usage_error):
-            print_error(_usage_line(error))
+            print_error(safe_line(_usage_line(error)))
             sys.exit(int(ExitCode.USAGE))
         if isinstance(error, click_exception):  # e.g. FileError: a path the user gave
-            print_error(" ".join(error.format_message().split()))  # type: ignore[attr-defined]
+            print_error(safe_line(" ".join(error.format_message().split())))  # type: ignore[attr-defined]
             sys.exit(int(ExitCode.USAGE))
         if debug:
             raise
         print_error(
-            f"{type(error).__name__}: {error} "
-            "(a bug in adapt: rerun with ADAPT_DEBUG=1 for a traceback and report it)",
+            safe_line(f"{type(error).__name__}: {error} "
+                      "(a bug in adapt: rerun with ADAPT_DEBUG=1 for a traceback and report it)"),
             prefix="internal error",
         )
         sys.exit(int(ExitCode.INTERNAL))

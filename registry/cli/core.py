@@ -18,6 +18,7 @@ from registry.cli.output import (
     short_fp,
     to_jsonable,
 )
+from registry.terminal import printable
 
 JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
 
@@ -117,8 +118,8 @@ def list_(
     names = reg.base_names()  # a registered base's name says more than a local path
     table = [
         [r["ref"], r["method"], str(r["rank"] or "-"),
-         names.get(r["base_fingerprint"] or "") or r["base_model"]
-         or short_fp(r["base_fingerprint"]), human_bytes(r["size_bytes"]),
+         printable(names.get(r["base_fingerprint"] or "") or r["base_model"]
+                   or short_fp(r["base_fingerprint"])), human_bytes(r["size_bytes"]),
          ",".join(r["tags"]) or "-", r["created_at"].strftime("%Y-%m-%d %H:%M")]
         for r in rows
     ]
@@ -148,7 +149,9 @@ def show(
         print_json(data)
         return
     from rich.table import Table
+    from rich.text import Text
 
+    # values come from files and remote manifests: Text (never markup) with controls escaped
     t = Table(box=None, show_header=False, pad_edge=False)
     t.add_column(style="bold", no_wrap=True)
     t.add_column(overflow="fold")
@@ -161,24 +164,26 @@ def show(
             v = human_bytes(v)
         elif isinstance(v, list):
             v = ", ".join(map(str, v)) or "-"
-        t.add_row(k, "-" if v is None or v == "" else str(v))
+        t.add_row(k, Text("-" if v is None or v == "" else printable(v)))
     for k in ("rank_pattern", "alpha_pattern"):
         if data[k]:
-            t.add_row(k, ", ".join(f"{p}={r}" for p, r in data[k].items()))
+            t.add_row(k, Text(printable(", ".join(f"{p}={r}" for p, r in data[k].items()))))
     console.print(t)
     if data["files"]:
         console.print("\n[bold]files[/bold]")
         for f in data["files"]:
-            console.print(f"  {f['path']:<28} {human_bytes(f['size']):>9}  {f['sha256'][:16]}")
+            console.print(f"  {printable(f['path']):<28} {human_bytes(f['size']):>9}  "
+                          f"{f['sha256'][:16]}", markup=False)
     if data["parents"]:
         console.print("\n[bold]parents[/bold]")
         for p in data["parents"]:
             w = "" if p["weight"] is None else f" x{p['weight']:g}"
-            console.print(f"  {p['ref']}{w} ({p['role']})")
+            console.print(printable(f"  {p['ref']}{w} ({p['role']})"), markup=False)
     if data["scores"]:
         console.print("\n[bold]scores[/bold]")
         for sc in data["scores"]:
-            console.print(f"  {sc['metric']:<16} {sc['value']:<12.6g} {sc['dataset'] or ''}")
+            console.print(printable(f"  {sc['metric']:<16} {sc['value']:<12.6g} "
+                                    f"{sc['dataset'] or ''}"), markup=False)
 
 
 def tag(
