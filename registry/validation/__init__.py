@@ -14,7 +14,7 @@ from registry.validation.gates import Gate, parse_gate
 from registry.validation.options import NamedGate, ValidationOptions
 from registry.validation.recorder import Recorder
 from registry.validation.results import CheckResult, GateResult, ValidationReport
-from registry.validation.run import Progress, run_validation, validate_version
+from registry.validation.run import Progress, run_validation
 from registry.validation.spec import (
     REPORT_SCHEMA,
     SPEC_SCHEMA,
@@ -46,5 +46,4 @@ __all__ = [
     "register_check",
     "registered_checks",
     "run_validation",
-    "validate_version",
 ]

@@ -8,10 +8,9 @@ opens a database session itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from registry.checkpoint import open_checkpoint
 from registry.errors import (
@@ -37,7 +36,6 @@ from registry.validation.rollup import (
     fail_gated_checks,
     overall_status,
 )
-from registry.validation.spec import GateSpec, PerfSettings, ValidationSpec
 
 if TYPE_CHECKING:
     from registry.registry import Registry, VersionInfo
@@ -107,29 +105,6 @@ def run_validation(reg: Registry, ref: str | VersionInfo, options: ValidationOpt
                           error)
     recorder.finish(report)
     return report
-
-
-def validate_version(
-    reg: Registry,
-    ref: str,
-    base_dir: str | Path,
-    *,
-    merged_dir: str | Path | None = None,
-    quantized_dir: str | Path | None = None,
-    data: str | Path | None = None,
-    device: str = "auto",
-    dtype: str | None = None,
-    gates: Iterable[str | GateSpec] = (),
-    spec: str | Path | Mapping[str, Any] | ValidationSpec | None = None,
-    max_samples: int | None = None,
-    perf: PerfSettings | None = None,
-    on_progress: Progress | None = None,
-) -> ValidationReport:
-    """`Registry.validate` with the options as keyword arguments (for earlier callers)."""
-    options = ValidationOptions.build(base_dir, merged=merged_dir, quantized=quantized_dir,
-                                      data=data, device=device, dtype=dtype, gates=gates,
-                                      spec=spec, max_samples=max_samples, perf=perf)
-    return run_validation(reg, ref, options, on_progress)
 
 
 def _no_progress(done: int, total: int | None) -> None:
