@@ -226,3 +226,17 @@ def test_export_gguf_refusals_have_their_exit_codes(
     assert bad.code == 2
     ollama = run_adapt(capsys, "export", "dora", str(tmp_path / "o"), "--format", "ollama")
     assert ollama.code == 7 and not (tmp_path / "o").exists()
+
+
+def test_a_table_naming_an_unknown_check_or_lacking_a_source_is_refused() -> None:
+    from registry.errors import UsageError
+    from registry.targets import parse_table
+
+    rule = {"id": "x", "check": "no_dora", "severity": "fail", "message": "m", "fix": "f",
+            "source": "https://example.org/rule"}
+    assert parse_table({"target": "vllm", "version": "t", "rules": [rule]}).rules[0].id == "x"
+    with pytest.raises(UsageError, match="unknown check"):
+        parse_table({"target": "vllm", "version": "t", "rules": [{**rule, "check": "nope"}]})
+    no_source = {k: v for k, v in rule.items() if k != "source"}
+    with pytest.raises(UsageError, match="'source' is a required property"):
+        parse_table({"target": "vllm", "version": "t", "rules": [no_source]})

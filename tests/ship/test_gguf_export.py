@@ -218,3 +218,19 @@ def test_f16_outtype_matches_the_converter(
     for name, (ttype, shape, data) in ref_tensors.items():
         assert my_tensors[name][:2] == (ttype, shape), name
         np.testing.assert_array_equal(my_tensors[name][2], data, err_msg=name)
+
+
+def test_missing_gguf_package_is_a_missing_dependency(
+    monkeypatch: pytest.MonkeyPatch, plain_loras: dict[str, Path], bases: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    import sys
+
+    from registry.cli.exit_codes import ExitCode, exit_code_for
+    from registry.errors import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` raises ImportError
+    with pytest.raises(MissingDependency) as error:
+        export_lora_gguf(plain_loras["llama"], bases["llama"], tmp_path / "x.gguf")
+    assert exit_code_for(error.value) == ExitCode.ENVIRONMENT
+    assert "pip install gguf" in str(error.value)
