@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from registry.checkpoint import Checkpoint
 from registry.errors import IncompatibleBase
-from registry.keymap import KeyMap, identity_map, key_map, saved_target
+from registry.keymap import KeyMap, identity_map, key_map, module_tensor_name, saved_target
 from registry.peft_dir import PROMPT_METHODS, AdapterDir, ModuleFactors
 
 
@@ -78,7 +78,7 @@ def check_compatible(adapter: AdapterDir, ckpt: Checkpoint) -> Compatibility:
     report = Compatibility(km)
     base = ckpt.tensors
     for module in adapter.modules:
-        key = f"{module}.weight"
+        key = module_tensor_name(adapter, module)
         stored = km.checkpoint_name(key)
         if stored is None and km.fused_reason(key) is not None:
             report.fused.append(module)  # PEFT loads it; merge refuses it with the reason
@@ -88,7 +88,8 @@ def check_compatible(adapter: AdapterDir, ckpt: Checkpoint) -> Compatibility:
             raise IncompatibleBase(module, expected_base_shape(adapter, module), None)
         if stored != key:
             report.renamed[module] = stored
-        _check_module_shape(adapter, module, tuple(info.shape))
+        if key.endswith(".weight"):  # a targeted parameter (MoE experts) has its own layout
+            _check_module_shape(adapter, module, tuple(info.shape))
     for key, tinfo in adapter.extra_tensors.items():
         # modules_to_save weights (and saved embedding layers) replace base tensors 1:1
         target = saved_target(key)
@@ -119,6 +120,9 @@ def _check_module_shape(adapter: AdapterDir, module: str, shape: tuple[int, ...]
         if vec is not None and len(vec) == 2 and len(shape) == 2 and not _broadcasts(vec, shape):
             raise IncompatibleBase(module, tuple(vec), shape,
                                    "IA3 vector does not match the weight")
+    problem = _new_method_shape_problem(adapter, mod, shape)
+    if problem is not None:
+        raise IncompatibleBase(module, None, shape, problem)
     mag = mod.shape("lora_magnitude_vector")
     if mag is not None and len(shape) >= 1:
         if "lora_embedding_A" in mod.parts:
@@ -128,6 +132,41 @@ def _check_module_shape(adapter: AdapterDir, module: str, shape: tuple[int, ...]
         if mag[0] != out_dim:
             raise IncompatibleBase(module, tuple(mag), shape,
                                    "DoRA magnitude does not match the output size")
+
+
+def _new_method_shape_problem(
+    adapter: AdapterDir, mod: ModuleFactors, shape: tuple[int, ...]
+) -> str | None:
+    """Shape checks of VeRA, FourierFT, OFT and HRA against a 2-D (out, in) weight."""
+    method = adapter.peft_type
+    if method not in {"VERA", "FOURIERFT", "OFT", "HRA"} or len(shape) != 2:
+        return None
+    out_f, in_f = shape[::-1] if adapter.fan_in_fan_out else shape
+    if method == "VERA":
+        lam = mod.shape("vera_lambda_b")
+        proj_a = adapter.shared_tensors.get("base_model.vera_A")
+        proj_b = adapter.shared_tensors.get("base_model.vera_B")
+        if lam is not None and lam[0] != out_f:
+            return f"vera_lambda_b has {lam[0]} entries for {out_f} outputs"
+        if proj_a is not None and proj_a.shape[1] < in_f:
+            return f"vera_A covers {proj_a.shape[1]} inputs, fewer than {in_f}"
+        if proj_b is not None and proj_b.shape[0] < out_f:
+            return f"vera_B covers {proj_b.shape[0]} outputs, fewer than {out_f}"
+    elif method == "FOURIERFT":
+        spec = mod.shape("fourierft_spectrum")
+        if spec is not None and spec[0] > out_f * in_f:
+            return f"{spec[0]} frequencies do not fit a {out_f} x {in_f} spectrum"
+    elif method == "OFT":
+        rot = mod.shape("oft_R")
+        if rot is not None and len(rot) == 2 and not adapter.config.get("block_share"):
+            size = (1 + math.isqrt(1 + 8 * rot[1])) // 2
+            if rot[0] * size != in_f:
+                return f"{rot[0]} OFT blocks of {size} do not cover {in_f} inputs"
+    elif method == "HRA":
+        u = mod.shape("hra_u")
+        if u is not None and u[0] != in_f:
+            return f"hra_u has {u[0]} rows for {in_f} inputs"
+    return None
 
 
 def _broadcasts(vec: tuple[int, ...], shape: tuple[int, ...]) -> bool:

@@ -109,3 +109,21 @@ def test_multiplicative_methods_refuse_conversion(method_adapters) -> None:
     oft = method_adapters("oft", _configs()["oft"])
     with pytest.raises(UnsupportedMethod, match="rotates the base weight"):
         convert_to_lora(read_adapter_dir(oft), Path("/nonexistent-out"), ConvertOptions())
+
+
+# FourierFT is left out: its n frequencies fit any weight of at least n entries, and PEFT
+# itself loads it onto another shape (the locations are redrawn for that shape)
+@pytest.mark.parametrize("name", ["vera", "oft", "hra"])
+def test_base_of_other_shapes_is_refused(name, method_adapters, extract_models) -> None:
+    from registry.checkpoint import open_checkpoint
+    from registry.compat import check_compatible
+    from registry.errors import IncompatibleBase
+    from registry.peft_dir import read_adapter_dir
+    from tests.factories import make_tiny_llama
+
+    wide = extract_models / "llama-wide"
+    if not wide.exists():
+        make_tiny_llama(wide, hidden_size=96, intermediate_size=160)
+    adapter = read_adapter_dir(method_adapters(name, _configs()[name]))
+    with pytest.raises(IncompatibleBase):
+        check_compatible(adapter, open_checkpoint(wide))
