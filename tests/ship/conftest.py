@@ -104,8 +104,31 @@ def phi3_base(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bases(tiny_base: Path, qwen2_base: Path, gemma_base: Path) -> dict[str, Path]:
-    return {"llama": tiny_base, "qwen2": qwen2_base, "gemma": gemma_base}
+def qwen3_base(models_dir: Path) -> Path:
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(6)
+    config = Qwen3Config(**TINY, head_dim=16, tie_word_embeddings=False)
+    return _save(Qwen3ForCausalLM(config), models_dir / "tiny-qwen3")
+
+
+@pytest.fixture(scope="session")
+def gemma2_base(models_dir: Path) -> Path:
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(8)
+    return _save(Gemma2ForCausalLM(Gemma2Config(**TINY, head_dim=16)),
+                 models_dir / "tiny-gemma2")
+
+
+@pytest.fixture(scope="session")
+def bases(
+    tiny_base: Path, qwen2_base: Path, gemma_base: Path, qwen3_base: Path, gemma2_base: Path,
+) -> dict[str, Path]:
+    return {"llama": tiny_base, "qwen2": qwen2_base, "gemma": gemma_base, "qwen3": qwen3_base,
+            "gemma2": gemma2_base}
 
 
 def lora_on(base: Path, out: Path, *, seed: int = 7, targets: list[str] | None = None,
