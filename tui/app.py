@@ -18,7 +18,14 @@ from registry.errors import AdaptError
 from tui.actions import VersionScreen, version_bindings
 from tui.compare import CompareScreen
 from tui.detail import DetailScreen
-from tui.dialogs import BasePickerScreen, ConfirmScreen, HelpScreen, JobScreen, PromptScreen
+from tui.dialogs import (
+    BasePickerScreen,
+    ChoiceScreen,
+    ConfirmScreen,
+    HelpScreen,
+    JobScreen,
+    PromptScreen,
+)
 from tui.filters import parse_filter
 from tui.render import one_line
 from tui.version_list import COLUMNS, PAGE, VersionTable
@@ -28,6 +35,11 @@ if TYPE_CHECKING:
     from registry.registry import Registry
 
 T = TypeVar("T")
+EXPORT_FORMATS = [  # (format, label) as `adapt export --format` takes them
+    ("peft", "PEFT directory (adapter_config.json + safetensors)"),
+    ("gguf", "llama.cpp LoRA GGUF file (needs the registered base)"),
+    ("ollama", "Ollama directory (GGUF adapter + Modelfile)"),
+]
 
 FILTER_DELAY = 0.15  # seconds of typing pause before the list is queried again
 EMPTY_HELP = (
@@ -295,16 +307,27 @@ class AdaptApp(App[None]):
 
     @on(VersionScreen.ExportRequested)
     def _export(self, event: VersionScreen.ExportRequested) -> None:
+        """Ask for a format, then a destination; export in a worker (`adapt export`)."""
         ref = event.ref
+        stem = "./" + ref.replace("@", "-v").replace(":", "-")
 
-        def answered(dest: str | None) -> None:
+        def to(fmt: str, dest: str | None) -> None:
             if not dest:
                 return
-            self.in_worker("export", lambda: self.registry.export(ref, Path(dest).expanduser()),
-                           lambda out: self.notify(f"{ref} written to {out}", title="Exported"))
+            self.in_worker("export",
+                           lambda: self.registry.export_as(ref, Path(dest).expanduser(),
+                                                           format=fmt),
+                           lambda out: self.notify(f"{ref} written to {out.path}",
+                                                   title="Exported"))
 
-        default = "./" + ref.replace("@", "-v").replace(":", "-")
-        self.push_screen(PromptScreen(f"Export {ref} to directory:", value=default), answered)
+        def chosen(fmt: str | None) -> None:
+            if fmt:
+                default = stem + (".gguf" if fmt == "gguf" else "")
+                where = "file" if fmt == "gguf" else "directory"
+                self.push_screen(PromptScreen(f"Export {ref} ({fmt}) to {where}:",
+                                              value=default), lambda dest: to(fmt, dest))
+
+        self.push_screen(ChoiceScreen(f"Export {ref} as:", EXPORT_FORMATS), chosen)
 
     @on(VersionScreen.DeleteRequested)
     def _delete(self, event: VersionScreen.DeleteRequested) -> None:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from registry.records import ScoreSeries, VersionDetail, VersionSummary
     from registry.registry import Registry
 
-TABS = ("overview", "versions", "lineage", "scores", "validation", "files", "hub")
+TABS = ("overview", "versions", "lineage", "scores", "validation", "files", "hub", "targets")
 OVERVIEW_SKIP = ("files", "parents", "children", "scores", "validation_runs", "hub")
 LINEAGE_DEPTH = 4
 
@@ -70,6 +70,25 @@ def read_runs(reg: Registry, detail: VersionDetail) -> list[RunView]:
     return [run_view(r) for r in reg.runs(detail.ref)]
 
 
+def read_targets(reg: Registry, ref: str) -> list[tuple[str, str, str, str]]:
+    """(target, rules version, pass | warn | fail | error, first problem) per default table, as
+    `adapt check` judges the version (and its registered base, when its files are here)."""
+    rows = []
+    for target, version, default in reg.list_target_tables():
+        if not default:
+            continue
+        try:
+            report = reg.check_target(ref, target, target_version=version)
+        except (AdaptError, OSError, ValueError) as error:
+            rows.append((target, version, "error", one_line(error)))
+            continue
+        problems = report.failed or report.warned
+        verdict = "fail" if report.failed else "warn" if report.warned else "pass"
+        detail = problems[0].detail if problems else f"{len(report.results)} rules pass"
+        rows.append((target, version, verdict, detail))
+    return rows
+
+
 def _table(id: str, **kwargs: Any) -> DataTable[Any]:
     return DataTable(id=id, cursor_type="row", zebra_stripes=True, **kwargs)
 
@@ -89,6 +108,7 @@ class DetailScreen(VersionScreen):
         self.registry = registry
         self.ref = ref
         self.loaded: DetailData | None = None
+        self._targets_of: str | None = None  # the ref the Targets tab was checked for
         self.data: Any = {}  # the VersionDetail shown (read once the first read is done)
         self._generation = 0
 
@@ -112,6 +132,9 @@ class DetailScreen(VersionScreen):
             with TabPane("Hub", id="hub"):
                 yield _table("hub-table")
                 yield Static(classes="empty", id="hub-empty")
+            with TabPane("Targets", id="targets"):
+                yield _table("targets-table")
+                yield Static(classes="empty", id="targets-empty")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -155,6 +178,9 @@ class DetailScreen(VersionScreen):
         self._validation(data.runs)
         self._files()
         self._hub()
+        self._targets_of = None
+        if self.query_one(TabbedContent).active == "targets":
+            self._check_targets()
 
     def _overview(self) -> None:
         table = self.query_one("#overview-table", DataTable)
@@ -294,6 +320,29 @@ class DetailScreen(VersionScreen):
                     "Not linked to the Hub yet. Press P to push, or run:\n"
                     f"  adapt push {self.data['ref']} --repo USER/NAME")
 
+    # -- targets (checked only when the tab opens: each check reads the base) ---------------
+    def _check_targets(self) -> None:
+        if self.loaded is None or self._targets_of == self.ref:
+            return
+        self._targets_of = self.ref
+        self._empty("targets", True, "Checking the serving targets' rules…")
+        self._read_targets(self._generation, self.ref)
+
+    @work(thread=True, group="reads")
+    def _read_targets(self, generation: int, ref: str) -> None:
+        rows = read_targets(self.registry, ref)
+        self.app.call_from_thread(self._show_targets, generation, rows)
+
+    def _show_targets(self, generation: int, rows: list[tuple[str, str, str, str]]) -> None:
+        if generation != self._generation or not self.is_attached:
+            return
+        table = self.query_one("#targets-table", DataTable)
+        table.clear(columns=True)
+        table.add_columns("target", "rules", "verdict", "first problem")
+        for target, version, verdict, detail in rows:
+            table.add_row(Text(target, style="bold"), version, status_text(verdict), detail)
+        self._empty("targets", not rows, "No serving-target rules tables are installed.")
+
     def _empty(self, tab: str, empty: bool, message: str) -> None:
         note = self.query_one(f"#{tab}-empty", Static)
         note.update(message if empty else "")
@@ -308,6 +357,8 @@ class DetailScreen(VersionScreen):
 
     @on(TabbedContent.TabActivated)
     def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "targets":
+            self._check_targets()
         if event.pane.id:
             self.call_after_refresh(self._focus_pane, event.pane.id)
 

@@ -1,4 +1,5 @@
-"""Small modal screens: confirm, ask for a value, pick a base, follow a job, list the keys."""
+"""Small modal screens: confirm, ask for a value, pick a base or an option, follow a job, list
+the keys."""
 
 from __future__ import annotations
 
@@ -93,6 +94,34 @@ class BasePickerScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+class ChoiceScreen(ModalScreen[str | None]):
+    """Pick one of a few options (an export format); Escape cancels (None)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, options: list[tuple[str, str]]) -> None:
+        super().__init__(classes="dialog-screen")
+        self.question, self.options = question, options
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="dialog-text")
+            yield OptionList(*(Option(label, id=key) for key, label in self.options),
+                             id="choices")
+
+    def on_mount(self) -> None:
+        choices = self.query_one(OptionList)
+        choices.highlighted = 0
+        choices.focus()
+
+    @on(OptionList.OptionSelected)
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 class JobScreen(ModalScreen[None]):
     """A running job's progress bar; Escape hides it while the job goes on."""
 
@@ -157,6 +186,7 @@ def _key_label(key: str) -> str:
 
 __all__ = [
     "BasePickerScreen",
+    "ChoiceScreen",
     "ConfirmScreen",
     "HelpScreen",
     "JobScreen",

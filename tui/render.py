@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 SPARK = "▁▂▃▄▅▆▇█"
 STATUS_STYLE = {
     "passed": "green",
+    "pass": "green",
+    "fail": "bold red",
     "ok": "green",
     "warn": "yellow",
     "skipped": "dim",

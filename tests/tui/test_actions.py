@@ -58,10 +58,10 @@ async def test_no_registry_call_runs_on_the_ui_thread(populated: Registry,
         await pilot.press("escape", "enter")
         await settle(pilot)
         assert isinstance(app.screen, DetailScreen)
-        for tab in "1234567":
+        for tab in "12345678":
             await pilot.press(tab)
             await settle(pilot)
-        await pilot.press("e")
+        await pilot.press("e", "enter")
         await settle(pilot)
         app.screen.query_one("#answer").value = str(tmp_path / "out")
         await pilot.press("enter")
@@ -69,7 +69,8 @@ async def test_no_registry_call_runs_on_the_ui_thread(populated: Registry,
         assert app.is_running
     names = {name for name, _ in calls}
     assert {"list_versions", "count_versions", "base_names", "base_choices", "tag", "untag",
-            "show", "adapter_versions", "score_series", "runs", "export"} <= names
+            "show", "adapter_versions", "score_series", "runs", "export_as",
+            "check_target"} <= names
     on_ui = sorted({name for name, ui in calls if ui})
     assert on_ui == [], f"registry calls on the UI thread: {on_ui}"
     assert (tmp_path / "out" / "adapter_config.json").is_file()
@@ -87,7 +88,7 @@ async def test_an_os_error_in_an_action_is_one_notification_not_a_crash(
     app = make_app(populated)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        await pilot.press("e")
+        await pilot.press("e", "enter")
         await settle(pilot)
         app.screen.query_one("#answer").value = typed
         await pilot.press("enter")
@@ -149,3 +150,43 @@ def test_screens_do_not_import_the_app_or_the_cli() -> None:
             "print(sorted(m for m in sys.modules if m.startswith('registry.cli')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_export_offers_formats_and_writes_a_gguf_file(populated: Registry,
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "support.gguf"
+    app = make_app(populated)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "e")
+        await settle(pilot)
+        offered = app.screen.query_one("#choices")
+        assert [offered.get_option_at_index(i).id for i in range(offered.option_count)] == [
+            "peft", "gguf", "ollama"]
+        await pilot.press("down", "enter")
+        await settle(pilot)
+        assert app.screen.query_one("#answer").value.endswith("support-lora-v2.gguf")
+        app.screen.query_one("#answer").value = str(out)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert not [n for n in app._notifications if "failed" in (n.title or "")]
+    assert out.read_bytes()[:4] == b"GGUF"
+
+
+async def test_targets_tab_shows_each_targets_verdict_as_adapt_check_gives_it(
+        populated: Registry) -> None:
+    app = make_app(populated)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "enter", "8")
+        await settle(pilot)
+        table = app.screen.query_one("#targets-table")
+        shown = {str(table.get_row_at(i)[0]): str(table.get_row_at(i)[2])
+                 for i in range(table.row_count)}
+    expected = {}
+    for target, version, default in populated.list_target_tables():
+        if default:
+            report = populated.check_target("support-lora@2", target, target_version=version)
+            expected[target] = ("fail" if report.failed else "warn" if report.warned
+                                else "pass")
+    assert shown == expected and len(shown) >= 3

@@ -266,7 +266,7 @@ async def test_export_writes_the_peft_directory_in_a_worker(populated, tmp_path:
     app = make_app(populated)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        await pilot.press("down", "e")
+        await pilot.press("down", "e", "enter")  # the first format offered is peft
         await settle(pilot)
         app.screen.query_one("#answer").value = str(dest)
         await pilot.press("enter")
