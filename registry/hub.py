@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator
@@ -390,24 +389,73 @@ def _hf_bars_off() -> Iterator[None]:
             enable_progress_bars()
 
 
-def _download_verified(api: HfApi, repo_id: str, commit: str, path: str, remote: Any,
-                       tqdm_class: type | None) -> tuple[Path, str]:
-    """Download one file (through the HF cache) and check it against what the Hub reports."""
-    from huggingface_hub import hf_hub_download
+# What a file may weigh before it is downloaded: a hostile or broken server cannot fill the disk.
+MAX_SMALL_FILE = {CONFIG_NAME: 1 << 20, MANIFEST_NAME: 16 << 20}
+MAX_WEIGHTS_FILE = 64 << 30
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
-    local = Path(hf_hub_download(repo_id, path, revision=commit, tqdm_class=tqdm_class))
-    sha256 = _sha256(local)
+
+def checked_commit(commit: object, where: str) -> str:
+    """A commit id from the server, refused unless it is 40 hex characters (it becomes a path
+    component in caches: `../..` must never get that far)."""
+    if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
+        raise RemoteError(f"the Hub answered an invalid commit id for {where}: {commit!r:.60}",
+                          "is HF_ENDPOINT a Hugging Face Hub?")
+    return commit
+
+
+def _checked_entry(remote: Any, where: str, limit: int) -> tuple[str, str, int]:
+    """(kind, expected digest, size) of a tree entry, each checked before any download."""
+    size = getattr(remote, "size", None)
+    if not isinstance(size, int) or size < 0:
+        raise RemoteError(f"the Hub answered an invalid size for {where}: {size!r:.40}")
+    if size > limit:
+        raise RemoteError(f"{where} is {size:,} bytes, more than the {limit:,} adapt accepts "
+                          "for it", "is this an adapter repo?")
     if remote.lfs is not None:
-        expected, actual = remote.lfs.sha256, sha256
-    else:
-        expected, actual = remote.blob_id, git_blob_id(local)
+        sha = getattr(remote.lfs, "sha256", None)
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise RemoteError(f"the Hub answered an invalid sha256 for {where}: {sha!r:.80}")
+        return "sha256", sha, size
+    blob = getattr(remote, "blob_id", None)
+    if not isinstance(blob, str) or not _COMMIT.fullmatch(blob):
+        raise RemoteError(f"the Hub answered an invalid git blob id for {where}: {blob!r:.80}")
+    return "git", blob, size
+
+
+def _download_verified(api: HfApi, repo_id: str, commit: str, path: str, remote: Any,
+                       tqdm_class: type | None, dest: Path, limit: int) -> tuple[Path, str]:
+    """Download one file to `dest` and check its size and digest against what the Hub
+    reported; a file bigger than `limit` is refused before a byte is fetched.
+
+    The bytes go to a path adapt chose, never to one built from the server's answer (ETag).
+    """
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    where = f"{repo_id}@{commit[:12]}/{path}"
+    kind, expected, size = _checked_entry(remote, where, limit)
+    url = hf_hub_url(repo_id, path, revision=commit, endpoint=api.endpoint)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(dest, "wb") as out:
+            http_get(url, out, headers=build_hf_headers(token=api.token), expected_size=size,
+                     displayed_filename=path, tqdm_class=tqdm_class)
+    except OSError as error:  # http_get's size consistency check is an EnvironmentError too
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if not isinstance(error, HfHubHTTPError) and dest.exists() \
+                and dest.stat().st_size != size:
+            raise IntegrityError(where, f"{size} bytes", f"{dest.stat().st_size} bytes") from None
+        raise
+    sha256 = _sha256(dest)
+    actual = sha256 if kind == "sha256" else git_blob_id(dest)
     if expected != actual:
-        # drop the bad copy from the cache so a later pull downloads it again
-        real = local.resolve()
-        local.unlink(missing_ok=True)
-        real.unlink(missing_ok=True)
-        raise IntegrityError(f"{repo_id}@{commit[:12]}/{path}", expected, actual)
-    return local, sha256
+        dest.unlink(missing_ok=True)
+        raise IntegrityError(where, expected, actual)
+    return dest, sha256
 
 
 def _fetch(api: HfApi, repo_id: str, revision: str, commit: str, tag: str | None,
@@ -426,7 +474,9 @@ def _fetch(api: HfApi, repo_id: str, revision: str, commit: str, tag: str | None
     manifest = None
     if MANIFEST_NAME in remote:
         path, _ = _download_verified(api, repo_id, commit, MANIFEST_NAME,
-                                     remote[MANIFEST_NAME], None)
+                                     remote[MANIFEST_NAME], None,
+                                     tmp / f"{commit}.meta" / MANIFEST_NAME,
+                                     MAX_SMALL_FILE[MANIFEST_NAME])
         try:
             manifest = json.loads(path.read_text())
             validate(manifest, "adapter-manifest")
@@ -436,12 +486,15 @@ def _fetch(api: HfApi, repo_id: str, revision: str, commit: str, tag: str | None
     out.mkdir()
     expected = {f["path"]: f for f in manifest["files"]} if manifest else {}
     for name in ADAPTER_FILES:
-        local, actual = _download_verified(api, repo_id, commit, name, remote[name], tqdm_class)
+        # with a manifest, a file may weigh what it says and no more
+        limit = expected[name]["size"] if name in expected else MAX_SMALL_FILE.get(
+            name, MAX_WEIGHTS_FILE)
+        _, actual = _download_verified(api, repo_id, commit, name, remote[name], tqdm_class,
+                                       out / name, limit)
         if name in expected:
             if actual != expected[name]["sha256"]:
                 raise IntegrityError(f"{where}/{name} (against {MANIFEST_NAME})",
                                      expected[name]["sha256"], actual)
-        os.symlink(local.resolve(), out / name)
     return _Fetched(revision, commit, tag, out, manifest)
 
 
@@ -449,16 +502,15 @@ def _plan_pull(api: HfApi, repo_id: str, revision: str | None,
                all_versions: bool) -> list[tuple[str, str, str | None]]:
     """(revision, commit, tag) for each version to pull, oldest first."""
     refs = api.list_repo_refs(repo_id)
-    tags = sorted((int(m[1]), t.name, t.target_commit) for t in refs.tags
-                   if (m := _TAG_RE.match(t.name)))
+    tags = sorted((int(m[1]), t.name, checked_commit(t.target_commit, f"{repo_id}@{t.name}"))
+                  for t in refs.tags if (m := _TAG_RE.match(t.name)))
     if all_versions:
         if revision:
             raise UsageError("pass either @REVISION or --all-versions, not both")
         if tags:
             return [(name, commit, name) for _, name, commit in tags]
     rev = revision or "main"
-    commit = api.repo_info(repo_id, revision=rev).sha
-    assert commit is not None
+    commit = checked_commit(api.repo_info(repo_id, revision=rev).sha, f"{repo_id}@{rev}")
     tag = rev if _TAG_RE.match(rev) else next((n for _, n, c in tags if c == commit), None)
     return [(rev, commit, tag)]
 

@@ -64,6 +64,9 @@ class HubState:
     commit_count: int = 0
     fail_resolve: dict[str, int] = field(default_factory=dict)  # "commit/path" -> HTTP status
     requests: list[str] = field(default_factory=list)
+    # hostile answers (tests/hostile): "commit" -> the sha/targetCommit to claim, "etag" -> the
+    # ETag to send, "size" -> the size every tree entry claims
+    hostile: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _serial: int = 0
 
@@ -268,7 +271,8 @@ class HubHandler(BaseHTTPRequestHandler):
             repo = self._repo(repo_id)
 
             def refs(kind: str, items: dict[str, str]) -> list[dict[str, str]]:
-                return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": c}
+                return [{"name": n, "ref": f"refs/{kind}/{n}",
+                         "targetCommit": self.state.hostile.get("commit", c)}
                         for n, c in sorted(items.items())]
 
             return self._json({"branches": refs("heads", repo.branches), "converts": [],
@@ -314,15 +318,16 @@ class HubHandler(BaseHTTPRequestHandler):
         return repo.commits[commit]
 
     def _info(self, repo: Repo, commit: str) -> dict[str, Any]:
-        return {"id": repo.repo_id, "modelId": repo.repo_id, "sha": commit,
+        return {"id": repo.repo_id, "modelId": repo.repo_id,
+                "sha": self.state.hostile.get("commit", commit),
                 "private": repo.private, "tags": [],
                 "siblings": [{"rfilename": p} for p in sorted(repo.commits[commit])]}
 
-    @staticmethod
-    def _path_info(path: str, e: Entry) -> dict[str, Any]:
-        info: dict[str, Any] = {"type": "file", "path": path, "size": e.size, "oid": e.blob_id}
+    def _path_info(self, path: str, e: Entry) -> dict[str, Any]:
+        size = self.state.hostile.get("size", e.size)
+        info: dict[str, Any] = {"type": "file", "path": path, "size": size, "oid": e.blob_id}
         if e.sha256:
-            info["lfs"] = {"oid": e.sha256, "size": e.size,
+            info["lfs"] = {"oid": self.state.hostile.get("lfs_oid", e.sha256), "size": size,
                            "pointerSize": len(lfs_pointer(e.sha256, e.size))}
         return info
 
@@ -391,9 +396,10 @@ class HubHandler(BaseHTTPRequestHandler):
         if entry is None:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
         data = repo.lfs[entry.sha256] if entry.sha256 else self.state.git[entry.blob_id]
-        headers = {"X-Repo-Commit": commit, "ETag": f'"{entry.blob_id}"', "Accept-Ranges": "none"}
+        etag = self.state.hostile.get("etag", entry.blob_id)
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"', "Accept-Ranges": "none"}
         if entry.sha256:
-            headers["X-Linked-Etag"] = f'"{entry.sha256}"'
+            headers["X-Linked-Etag"] = f'"{self.state.hostile.get("etag", entry.sha256)}"'
             headers["X-Linked-Size"] = str(entry.size)
         self._send(200, data, headers, content_type="application/octet-stream", head=head)
 
