@@ -43,8 +43,7 @@ def open_time(home: Path, page_size: int, repeats: int) -> float:
 
 
 def run(quick: bool) -> list[Row]:
-    from registry.registry import Registry
-    from tests.tui.bulk import insert_versions
+    from benchmarks.bench_core import populate  # the benchmarks' own fill, not the tests'
     from tui.version_list import PAGE
 
     versions = 2_000 if quick else 10_000
@@ -53,9 +52,7 @@ def run(quick: bool) -> list[Row]:
     for per_adapter in (1, 10):
         with tempfile.TemporaryDirectory(prefix="bench-tui-") as tmp:
             home = Path(tmp)
-            registry = Registry(home=home)
-            insert_versions(registry, versions, per_adapter=per_adapter)
-            registry.close()
+            populate(home, versions, per_adapter=per_adapter)
             adapters = versions // per_adapter
             paged = open_time(home, PAGE, repeats)
             everything = open_time(home, versions, repeats)
