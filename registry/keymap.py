@@ -109,9 +109,19 @@ def adapter_tensor_names(adapter: AdapterDir) -> list[str]:
 
     if adapter.peft_type in PROMPT_METHODS:
         return []
-    names = [f"{m}.weight" for m in adapter.modules]
+    names = [module_tensor_name(adapter, m) for m in adapter.modules]
     names += [saved_target(k) for k in adapter.extra_tensors]
     return names
+
+
+def module_tensor_name(adapter: AdapterDir, module: str) -> str:
+    """The model tensor an adapted module changes: its weight, or for LoRA on parameters
+    (`target_parameters`, e.g. fused MoE experts) the targeted parameter itself."""
+    for target in adapter.config.get("target_parameters") or ():
+        param = str(target).rsplit(".", 1)[-1]
+        if f"{module}.{param}".endswith(str(target)):
+            return f"{module}.{param}"
+    return f"{module}.weight"
 
 
 def saved_target(key: str) -> str:

@@ -350,7 +350,9 @@ def _check_module(adapter: AdapterDir, method: str, mod: ModuleFactors) -> str |
             inner = a[0]
         if method == "LORA":
             r, _ = adapter.rank_alpha(mod.module)
-            if inner != r:
+            # LoRA on a fused parameter (target_parameters) stacks r ranks per expert
+            stacked = bool(adapter.config.get("target_parameters")) and inner % r == 0
+            if inner != r and not stacked:
                 return f"factors have rank {inner} but the config says r={r}"
         else:
             e = s("lora_E")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import IncompatibleBase, UnsupportedMethod
-from registry.keymap import KeyMap, check_not_fused, key_map, saved_target
+from registry.keymap import KeyMap, check_not_fused, key_map, module_tensor_name, saved_target
 from registry.ops.deltas import merged_weight
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def plan_targets(adapter: AdapterDir, ckpt: Checkpoint,
     km = key_map(adapter, ckpt, need_ties=True)
     module_of: dict[str, str] = {}  # model weight name -> module
     for module in factors:
-        name = km.model_name(f"{module}.weight")
+        name = km.model_name(module_tensor_name(adapter, module))
         check_not_fused(km, name, module, adapter.method)
         module_of[name] = module
     saved: dict[str, torch.Tensor] = {}

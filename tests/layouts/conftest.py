@@ -215,7 +215,47 @@ def build_dora_embedding(root: Path) -> Layout:
                   {"input_ids": _ids(128)})
 
 
+def _mixtral(root: Path) -> Path:
+    """A tiny Mixtral: transformers v5 fuses experts in the model but saves them per expert."""
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(17)
+    base = root / "mixtral"
+    if not base.exists():
+        MixtralForCausalLM(MixtralConfig(
+            vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+            num_experts_per_tok=2, max_position_embeddings=64, tie_word_embeddings=False,
+        )).save_pretrained(base)
+    return base
+
+
+def build_moe_attention(root: Path) -> Layout:
+    """MoE base in the per-expert checkpoint layout; LoRA on attention."""
+    base = _mixtral(root)
+    adapter = save_adapter(base, root / "moe-attn", "AutoModelForCausalLM",
+                           _lora(task_type="CAUSAL_LM", r=4, lora_alpha=8,
+                                 target_modules=["q_proj", "v_proj", "o_proj"]))
+    return Layout("moe-attn", base, adapter, "AutoModelForCausalLM", {},
+                  {"input_ids": _ids(128)})
+
+
+def build_moe_experts(root: Path) -> Layout:
+    """LoRA on the fused expert parameters (`target_parameters`), which the checkpoint stores
+    per expert."""
+    base = _mixtral(root)
+    adapter = save_adapter(base, root / "moe-experts", "AutoModelForCausalLM",
+                           _lora(task_type="CAUSAL_LM", r=2, lora_alpha=4,
+                                 target_modules=["q_proj"],
+                                 target_parameters=["mlp.experts.gate_up_proj"]))
+    return Layout("moe-experts", base, adapter, "AutoModelForCausalLM", {},
+                  {"input_ids": _ids(128)})
+
+
 BUILDERS = {
+    "moe-attn": build_moe_attention,
+    "moe-experts": build_moe_experts,
     "bert-seqcls": build_bert_seqcls,
     "roberta-seqcls": build_roberta_seqcls,
     "tied-embed": build_tied_embed,

@@ -116,3 +116,26 @@ def test_adapter_away_from_tied_weights_keeps_the_tied_layout(build_layout,
     assert _tensor_names(out) == _tensor_names(layout.base)
     config = json.loads((out / "config.json").read_text())
     assert config.get("tie_word_embeddings", True) is True
+
+
+def test_moe_adapter_on_attention_merges_into_per_expert_checkpoint(build_layout,
+                                                                    tmp_path: Path) -> None:
+    layout = build_layout("moe-attn")
+    out = tmp_path / "merged"
+    merge_adapter_into_base(layout.adapter, layout.base, out)
+    assert _tensor_names(out) == _tensor_names(layout.base)  # the base's layout is kept
+    _assert_parity(layout, out)
+
+
+def test_lora_on_fused_experts_is_accepted_but_merge_refuses_in_one_line(
+        build_layout, tmp_path: Path) -> None:
+    from registry.errors import UnsupportedMethod
+
+    layout = build_layout("moe-experts")
+    adapter = read_adapter_dir(layout.adapter)
+    report = check_compatible(adapter, open_checkpoint(layout.base))
+    assert report.fused == ["model.layers.0.mlp.experts", "model.layers.1.mlp.experts"]
+    with pytest.raises(UnsupportedMethod) as caught:
+        merge_adapter_into_base(layout.adapter, layout.base, tmp_path / "merged")
+    assert "target_parameters" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "merged").exists()
