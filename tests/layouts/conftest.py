@@ -253,7 +253,34 @@ def build_moe_experts(root: Path) -> Layout:
                   {"input_ids": _ids(128)})
 
 
+def build_vlm(root: Path) -> Layout:
+    """A tiny Llava (Llama text + CLIP vision). transformers v5 names the text model
+    `model.language_model.*`; the checkpoint is saved in the older layout it converts from."""
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    torch.manual_seed(18)
+    base = root / "llava"
+    text = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=4, image_size=32, patch_size=16)
+    LlavaForConditionalGeneration(LlavaConfig(text_config=text, vision_config=vision,
+                                              image_token_index=127)).save_pretrained(base)
+    adapter = save_adapter(base, root / "llava-lora", "AutoModelForImageTextToText",
+                           _lora(r=4, lora_alpha=8,
+                                 target_modules=r".*language_model.*\.(q_proj|v_proj|up_proj)"))
+    return Layout("llava-lora", base, adapter, "AutoModelForImageTextToText", {},
+                  {"input_ids": _ids(120)})
+
+
 BUILDERS = {
+    "llava-lora": build_vlm,
     "moe-attn": build_moe_attention,
     "moe-experts": build_moe_experts,
     "bert-seqcls": build_bert_seqcls,

@@ -58,7 +58,7 @@ def _tensor_names(out: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("name", ["bert-seqcls", "roberta-seqcls", "gpt2-lora", "gpt2-ia3",
-                                  "t5-lora", "dora-embed"])
+                                  "t5-lora", "dora-embed", "llava-lora"])
 def test_merged_layout_matches_peft_forward(name: str, build_layout, tmp_path: Path) -> None:
     layout = build_layout(name)
     out = tmp_path / "merged"
@@ -139,3 +139,11 @@ def test_lora_on_fused_experts_is_accepted_but_merge_refuses_in_one_line(
         merge_adapter_into_base(layout.adapter, layout.base, tmp_path / "merged")
     assert "target_parameters" in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "merged").exists()
+
+
+def test_vlm_adapter_maps_through_transformers_conversion_mapping(build_layout) -> None:
+    layout = build_layout("llava-lora")
+    report = check_compatible(read_adapter_dir(layout.adapter), open_checkpoint(layout.base))
+    # transformers v5 loads `language_model.model.*` as `model.language_model.*`
+    assert report.renamed["model.language_model.layers.0.self_attn.q_proj"] == (
+        "language_model.model.layers.0.self_attn.q_proj.weight")
