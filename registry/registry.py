@@ -387,9 +387,15 @@ class Registry:
         """Write the version's PEFT directory to `dest` (new or empty), verifying every hash."""
         info = self.resolve(ref)
         dest = Path(dest)
+        if dest.is_symlink() and not dest.exists():
+            raise UsageError(f"{dest} is a symbolic link to a missing path",
+                             "pass a new or empty directory")
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise AlreadyExists(str(dest), "choose an empty or new directory")
-        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # the user's path: unwritable, under a file, a bad name
+            raise UsageError(f"cannot create {dest}: {error.strerror or error}") from None
         for f in info.files:
             if not self.store.has(f.sha256):
                 raise IntegrityError(f"{info.ref}/{f.path}", f.sha256, "missing blob")

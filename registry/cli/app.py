@@ -135,6 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print_error("interrupted", prefix="error")
         sys.exit(130)
+    except BrokenPipeError:
+        # `adapt list | head -1`: the reader stopped reading; that is its choice, not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(int(ExitCode.OK))
     except Exception as error:
         if no_args_is_help is not None and isinstance(error, no_args_is_help):
             # `adapt` or `adapt base` alone: the help is the answer, not an error.

@@ -87,11 +87,12 @@ def list_(
     if not rows:
         err_console.print("no base models yet: register one with `adapt base add DIR --name N`")
         return
-    table = [[r.name or "-", r.kind, short_fp(r.fingerprint), r.architecture or "-",
+    table = [[r.name or "-", r.kind, short_fp(r.fingerprint, 8), r.architecture or "-",
               f"{r.params:,}", r.path or "-"] for r in rows]
-    # Short fingerprints and paths shortened in the middle fit 80 columns; --json has them all.
+    # 80 columns: short fingerprints, ARCH and PATH shortened in the middle, then PARAMS left
+    # out if needed; NAME is never cut. --json has every field in full.
     emit(fit_table(["NAME", "KIND", "FINGERPRINT", "ARCH", "PARAMS", "PATH"], table,
-                   shrink=(3, 5), min_width=12))
+                   shrink=(5, 3), optional=(4,), min_width=10))
 
 
 @base_app.command("show")

@@ -124,8 +124,9 @@ def list_(
         for r in rows
     ]
     headers = ["REF", "METHOD", "RANK", "BASE", "SIZE", "TAGS", "CREATED"]
-    # REF is never cut (it names the row); BASE and TAGS shorten in the middle to fit.
-    emit(fit_table(headers, table, shrink=(3, 5)))
+    # REF is never cut (it names the row); BASE and TAGS shorten in the middle, then CREATED,
+    # SIZE and RANK are left out if it still does not fit.
+    emit(fit_table(headers, table, shrink=(3, 5), optional=(6, 4, 2)))
     if limit and len(rows) == limit:
         total = reg.count_versions(**filters)
         if total > limit:

@@ -126,4 +126,4 @@ def env(
     rows.append(("device", cuda))
     rows += [(name, version or "not installed") for name, version in data["packages"].items()]
     for label, value in rows:
-        console.print(f"{label:<16} {value}", markup=False, soft_wrap=True)
+        console.print(f"{label:<16} {value}", markup=False)  # folds long paths to fit

@@ -74,7 +74,8 @@ def pull(
                                     "name, else the repo name)."),
     all_versions: bool = typer.Option(False, "--all-versions",
                                       help="Pull every v<N> tag, oldest first."),
-    base: Path | None = typer.Option(None, "--base", help="The base model directory: check "
+    base: Path | None = typer.Option(None, "--base", help="The base model directory (or "
+                                     "registered base name): check "
                                      "compatibility and record its fingerprint."),
     tags: bool = typer.Option(False, "--tags", help="Apply the tags published with the "
                               "version (default: local tags are never touched)."),
@@ -90,8 +91,9 @@ def pull(
       adapt pull my-org/support-bot@v3
     """
     reg = open_registry()
+    base_dir = reg.base_dir(base) if base else None  # a directory or a registered base's name
     with progress_bar("pull", None, enabled=_bars(json_)) as update:
-        result = reg.pull(spec, name=name, all_versions=all_versions, base=base,
+        result = reg.pull(spec, name=name, all_versions=all_versions, base=base_dir,
                           on_progress=update, apply_tags=tags)
     if json_:
         print_json(result.to_dict())

@@ -27,11 +27,18 @@ if TYPE_CHECKING:
 
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich exits 1 here; let app.main() treat `adapt ... | head` alike for every command.
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def _console(**options: Any) -> Console:
     # rich drops colours for NO_COLOR but keeps bold/dim; NO_COLOR users want no escapes at all.
     if os.environ.get("NO_COLOR"):
         options["color_system"] = None
-    return Console(highlight=False, **options)
+    return _Console(highlight=False, **options)
 
 
 console = _console(soft_wrap=False)
@@ -191,24 +198,41 @@ def plain_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def fit_table(headers: list[str], rows: list[list[str]], *, shrink: tuple[int, ...] = (),
-              width: int | None = None, min_width: int = 8) -> str:
-    """`plain_table` that fits `width` (default: the terminal's) by shortening the `shrink`
-    columns in the middle (`abc…xyz`), widest first; other columns are never cut."""
+              optional: tuple[int, ...] = (), width: int | None = None,
+              min_width: int = 8) -> str:
+    """`plain_table` that fits `width` (default: the terminal's, 80 when piped).
+
+    First the `shrink` columns are shortened in the middle (`abc…xyz`), widest first, down to
+    `min_width`; then `optional` columns are left out, in the order given. Other columns are
+    never cut: they tell rows apart. `--json` has every field in full.
+    """
     width = width or console.width
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    excess = sum(widths) + 2 * (len(widths) - 1) - width
+    natural = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    for left_out in range(len(optional) + 1):
+        keep = [i for i in range(len(headers)) if i not in optional[:left_out]]
+        widths = _shrink_to(width, keep, natural, shrink, headers, min_width)
+        if sum(widths[i] for i in keep) + 2 * (len(keep) - 1) <= width:
+            break
+    cells = [[shorten_middle(r[i], widths[i]) if i in shrink else r[i] for i in keep]
+             for r in rows]
+    return plain_table([headers[i] for i in keep], cells)
+
+
+def _shrink_to(width: int, keep: list[int], natural: list[int], shrink: tuple[int, ...],
+               headers: list[str], min_width: int) -> list[int]:
+    widths = list(natural)
+    excess = sum(widths[i] for i in keep) + 2 * (len(keep) - 1) - width
+    floors = {i: max(min_width, len(headers[i])) for i in shrink if i in keep}
     while excess > 0:
-        candidates = [i for i in shrink if widths[i] > max(min_width, len(headers[i]))]
+        candidates = [i for i, floor in floors.items() if widths[i] > floor]
         if not candidates:
             break
         i = max(candidates, key=lambda c: widths[c])
-        floor = max(min_width, len(headers[i]))
-        cut = min(excess, widths[i] - floor)
+        cut = min(excess, widths[i] - floors[i], max(1, widths[i] - max(
+            (widths[c] for c in candidates if c != i), default=0)))
         widths[i] -= cut
         excess -= cut
-    cells = [[shorten_middle(c, widths[i]) if i in shrink else c for i, c in enumerate(r)]
-             for r in rows]
-    return plain_table(headers, cells)
+    return widths
 
 
 def shorten_middle(text: str, width: int) -> str:
