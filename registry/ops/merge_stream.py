@@ -199,6 +199,13 @@ def iter_merged_tensors(
     """
     check_base_quantization(base_quantization)
     prep = prepare_merge(Path(adapter_dir), Path(base_dir))
+    if prep.config_updates:
+        # tensors alone would load as another model (embeddings tied again, another head size)
+        raise UnsupportedMethod(
+            prep.adapter.method, "merged on the fly",
+            f"the merged model also changes config.json ({', '.join(sorted(prep.config_updates))}"
+            "); run `adapt merge` and use its output",
+        )
     return _float32(stream_merged(prep, base_quantization=base_quantization,
                                   on_progress=on_progress))
 

@@ -147,3 +147,26 @@ def test_vlm_adapter_maps_through_transformers_conversion_mapping(build_layout) 
     # transformers v5 loads `language_model.model.*` as `model.language_model.*`
     assert report.renamed["model.language_model.layers.0.self_attn.q_proj"] == (
         "language_model.model.layers.0.self_attn.q_proj.weight")
+
+
+def test_cli_adds_seqcls_adapter_on_headless_base_and_merges_it(
+        build_layout, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.cli import run_adapt
+
+    layout = build_layout("bert-seqcls")
+    added = run_adapt(capsys, "add", layout.adapter, "--base", layout.base, "--name", "cls")
+    assert added.code == 0, added.err  # was exit 5: "bert.encoder... is not in the base model"
+    out = tmp_path / "merged"
+    merged = run_adapt(capsys, "merge", "cls", "--base", layout.base, "--out", out)
+    assert merged.code == 0, merged.err
+    _assert_parity(layout, out)
+
+
+def test_on_the_fly_merge_refuses_what_needs_config_changes(build_layout) -> None:
+    from registry.errors import UnsupportedMethod
+    from registry.ops.merge import iter_merged_tensors
+
+    layout = build_layout("tied-embed")
+    # requantize and validation consume bare tensors: untied embeddings would be tied again
+    with pytest.raises(UnsupportedMethod, match="tie_word_embeddings"):
+        iter_merged_tensors(layout.adapter, layout.base)
