@@ -32,6 +32,8 @@ Progress = Callable[[int, int | None], None]
 
 # names of 2-D weights that are not linear maps, when the model class cannot be built
 _NON_LINEAR_RE = re.compile(r"(^|\.)(embed\w*|wte|wpe|\w*norm\w*|ln_\w*)(\.|$)")
+# GPT-2-style names of transformers' Conv1D layers
+_CONV1D_NAME_RE = re.compile(r"\.c_(attn|proj|fc|fc2)\.weight$")
 
 
 @dataclass(frozen=True)
@@ -239,8 +241,8 @@ def _base_order(ckpt: Checkpoint) -> Iterator[str]:
 def linear_layouts(ckpt: Checkpoint) -> dict[str, str]:
     """Weight name -> "linear" (out, in) or "conv1d" (in, out), for the 2-D linear weights.
 
-    Built from the model class on the meta device (no memory) when transformers knows the
-    architecture; otherwise 2-D `.weight` tensors that do not look like embeddings or norms.
+    2-D `.weight` tensors that do not look like embeddings or norms; where Conv1D names appear,
+    the model class built on the meta device (no memory) says which layers are Conv1D.
     """
     names = {n: t for n, t in ckpt.tensors.items() if n.endswith(".weight") and len(t.shape) == 2}
     kinds = _kinds_from_model(ckpt)
@@ -258,6 +260,10 @@ def linear_layouts(ckpt: Checkpoint) -> dict[str, str]:
 def _kinds_from_model(ckpt: Checkpoint) -> dict[str, str] | None:
     arch = ckpt.architecture
     if not arch or not (ckpt.path / "config.json").is_file():
+        return None
+    # importing a model class costs seconds: only where names cannot tell, i.e. GPT-2-style
+    # Conv1D layers, which store their weight transposed
+    if not any(_CONV1D_NAME_RE.search(n) for n in ckpt.tensors):
         return None
     try:
         import torch
