@@ -417,11 +417,6 @@ class AdaptApp(App[None]):
     def _push(self, event: VersionScreen.PushRequested) -> None:
         """Push to the Hub in a worker, with a progress screen."""
         ref = event.ref
-        try:
-            from registry.hub import push
-        except ImportError:
-            self.notify("Hub push is not available in this build.", severity="warning")
-            return
 
         def run(repo: str | None) -> None:
             if not repo:
@@ -430,7 +425,7 @@ class AdaptApp(App[None]):
             self.push_screen(job)
 
             def work() -> None:
-                push(self.registry, ref, repo=repo, on_progress=self._progress_to(job))
+                self.registry.push(ref, repo=repo, on_progress=self._progress_to(job))
                 self.call_from_thread(self._job_done, job, f"{ref} pushed to {repo}",
                                       "Pushed", "information")
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from registry.registry import Registry
+from tests.hub.conftest import hub  # noqa: F401  # the local Hub server fixture, for push
 from tests.tui.conftest import screen_text, settle
 from tui import make_app
 from tui.compare import CompareScreen
@@ -190,3 +191,20 @@ async def test_targets_tab_shows_each_targets_verdict_as_adapt_check_gives_it(
             expected[target] = ("fail" if report.failed else "warn" if report.warned
                                 else "pass")
     assert shown == expected and len(shown) >= 3
+
+
+async def test_push_runs_through_the_facade_and_records_the_hub_link(
+        populated: Registry, request: pytest.FixtureRequest) -> None:
+    request.getfixturevalue("hub")
+    app = make_app(populated)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "P")
+        await settle(pilot)
+        app.screen.query_one("#answer").value = "alice/support-tui"
+        await pilot.press("enter")
+        await settle(pilot, 0.5)
+        await settle(pilot)
+        assert [n.title for n in app._notifications][-1:] == ["Pushed"]
+    links = [(h["repo"], h["direction"]) for h in populated.show("support-lora@2").hub]
+    assert ("alice/support-tui", "push") in links
