@@ -196,6 +196,18 @@ def build_t5(root: Path) -> Layout:
                   {"input_ids": _ids(128), "decoder_input_ids": _ids(128, seed=1)})
 
 
+def build_t5_saved_head(root: Path) -> Layout:
+    """T5 with lm_head in modules_to_save: lm_head is tied to `shared` in the checkpoint."""
+    base = root / "t5"
+    if not base.exists():
+        build_t5(root)
+    adapter = save_adapter(base, root / "t5-saved-head", "AutoModelForSeq2SeqLM",
+                           _lora(task_type="SEQ_2_SEQ_LM", r=4, lora_alpha=8,
+                                 target_modules=["q", "v"], modules_to_save=["lm_head"]))
+    return Layout("t5-saved-head", base, adapter, "AutoModelForSeq2SeqLM", {},
+                  {"input_ids": _ids(128), "decoder_input_ids": _ids(128, seed=1)})
+
+
 def build_dora_embedding(root: Path) -> Layout:
     """DoRA on an (untied) embedding: the magnitude vector is per embedding dimension."""
     import torch
@@ -291,6 +303,7 @@ BUILDERS = {
     "gpt2-lora": build_gpt2_lora,
     "gpt2-ia3": build_gpt2_ia3,
     "t5-lora": build_t5,
+    "t5-saved-head": build_t5_saved_head,
     "dora-embed": build_dora_embedding,
 }
 

@@ -170,3 +170,15 @@ def test_on_the_fly_merge_refuses_what_needs_config_changes(build_layout) -> Non
     # requantize and validation consume bare tensors: untied embeddings would be tied again
     with pytest.raises(UnsupportedMethod, match="tie_word_embeddings"):
         iter_merged_tensors(layout.adapter, layout.base)
+
+
+def test_encoder_decoder_tied_head_change_is_refused_in_one_line(build_layout,
+                                                                 tmp_path: Path) -> None:
+    from registry.errors import UnsupportedMethod
+
+    layout = build_layout("t5-saved-head")
+    # T5 scales its decoder output only while tied: untying would change the function
+    with pytest.raises(UnsupportedMethod, match="encoder-decoder") as caught:
+        merge_adapter_into_base(layout.adapter, layout.base, tmp_path / "merged")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "merged").exists()
