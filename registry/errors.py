@@ -187,6 +187,25 @@ class RegistryUnavailable(AdaptError):
         super().__init__(f"cannot open the registry at {where}: {reason}", hint)
 
 
+class StorageFull(AdaptError):
+    """A write failed for lack of space (ENOSPC, EDQUOT, SQLite's "disk is full"): nothing
+    half-written was kept."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(f"no space left on the device of {where}",
+                         "free some space and run the command again")
+
+
+class ReadOnlyStorage(AdaptError):
+    """A write to a read-only file system or database; reads still work."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(f"{where} is read-only: this command writes",
+                         "reads such as `adapt list` and `adapt show` still work")
+
+
 class QuantizationUnavailable(AdaptError):
     """bitsandbytes is installed but cannot quantize on this machine (no backend for it)."""
 
@@ -217,3 +236,19 @@ class ConsistencyError(AdaptError):
 
 def _shape(shape: tuple[int, ...] | None) -> str:
     return "?" if shape is None else "x".join(str(d) for d in shape)
+
+
+def storage_error(error: BaseException) -> AdaptError | None:
+    """The typed error for a full or read-only disk (an OSError or SQLite's message), else None."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(str(error.filename or "the registry"))
+    if isinstance(error, OSError) and error.errno == errno.EROFS:
+        return ReadOnlyStorage(str(error.filename or "the registry"))
+    text = str(error).lower()
+    if "database or disk is full" in text:
+        return StorageFull("the registry database")
+    if "readonly database" in text or "read-only file system" in text:
+        return ReadOnlyStorage("the registry database")
+    return None

@@ -407,8 +407,11 @@ class Registry:
         info = self.resolve(ref)
         root = self.settings.cache_dir / "checkouts"
         target = root / info.digest.split(":", 1)[-1][:32]
-        if all((target / f.path).is_file() for f in info.files) and info.files:
-            return target
+        if target.is_dir():
+            if not _checkout_problems(target, info.files):
+                return target
+            # an edited or truncated cache copy is never used: copy it again from the blobs
+            shutil.rmtree(target, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
         try:
@@ -551,9 +554,21 @@ class Registry:
                             home=self.settings.home)
 
     def fsck(self, *, verify_hashes: bool = True) -> FsckReport:
-        """Every file row has its blob; every blob hashes to its name; orphans listed apart."""
-        return blob_rows.fsck(self.catalog, self.store, verify_hashes=verify_hashes,
-                              home=self.settings.home)
+        """Every file row has its blob; every blob hashes to its name; orphans listed apart;
+        every cached checkout still holds its version's bytes."""
+        report = blob_rows.fsck(self.catalog, self.store, verify_hashes=verify_hashes,
+                                home=self.settings.home)
+        root = self.settings.cache_dir / "checkouts"
+        if root.is_dir():
+            for folder in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
+                info = version_rows.by_digest_prefix(self.catalog, folder.name)
+                if info is None:
+                    continue  # a deleted version's copy: harmless
+                for problem in _checkout_problems(folder, info.files):
+                    report.problems.append(
+                        f"checkout cache {folder.name[:12]}: {problem} (the next use copies "
+                        "it again from the blob store)")
+        return report
 
     # -- Hugging Face Hub (registry.hub does the transfer) ------------------------------------
     def push(self, ref: str, *, repo: str | None = None, private: bool = False,
@@ -790,6 +805,28 @@ def check_finite_fast(adapter: AdapterDir) -> None:
             bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
             if bad:
                 raise NonFiniteTensor(adapter.path, name, bad)
+
+
+def _checkout_problems(folder: Path, files: Sequence[FileInfo]) -> list[str]:
+    """What differs between a checkout folder and the files it should hold (size, sha256)."""
+    import hashlib
+
+    problems = []
+    for f in files:
+        path = folder / f.path
+        if not path.is_file() or path.is_symlink():
+            problems.append(f"{f.path} is missing")
+            continue
+        if path.stat().st_size != f.size:
+            problems.append(f"{f.path} has {path.stat().st_size} bytes, not {f.size}")
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != f.sha256:
+            problems.append(f"{f.path} was changed")
+    return problems
 
 
 def _crash_point(name: str) -> None:

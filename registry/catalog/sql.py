@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -102,13 +103,40 @@ class SqliteDatabase:
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
-                                   isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                conn = self._open(self.path, uri=False)
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            except sqlite3.OperationalError as error:
+                # a read-only medium: a WAL database cannot create its -shm file there, so
+                # read it read-only (immutable when even that needs a lock file)
+                if not _read_only_problem(error) or not Path(self.path).is_file():
+                    raise
+                conn = self._read_only()
             self._local.conn = conn
         return conn
+
+    def _open(self, target: str, *, uri: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, uri=uri,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _read_only(self) -> sqlite3.Connection:
+        from urllib.parse import quote
+
+        base = "file:" + quote(str(Path(self.path).resolve()))
+        for query in ("?mode=ro", "?mode=ro&immutable=1"):
+            try:
+                conn = sqlite3.connect(base + query, uri=True, isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                return conn
+            except sqlite3.OperationalError as error:
+                if not _read_only_problem(error) or query.endswith("immutable=1"):
+                    raise
+        raise AssertionError("unreachable")
 
     @contextmanager
     def tx(self, write: bool) -> Iterator[Tx]:
@@ -128,6 +156,11 @@ class SqliteDatabase:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _read_only_problem(error: sqlite3.OperationalError) -> bool:
+    text = str(error).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text
 
 
 class EngineDatabase:

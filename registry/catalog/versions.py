@@ -106,6 +106,15 @@ def by_digest(cat: Catalog, digest: str) -> VersionInfo | None:
         return version_info(tx, *found) if found else None
 
 
+def by_digest_prefix(cat: Catalog, hex_prefix: str) -> VersionInfo | None:
+    """The oldest live version whose digest's hex starts with `hex_prefix` (checkout folders)."""
+    with cat.tx() as tx:
+        vid = tx.scalar("SELECT id FROM adapter_version WHERE manifest_digest LIKE :p "
+                        "ORDER BY id LIMIT 1", p=f"sha256:{hex_prefix.replace('%', '')}%")
+        found = row_by_id(tx, vid) if vid is not None else None
+        return version_info(tx, *found) if found else None
+
+
 # -- adding --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NewVersion:

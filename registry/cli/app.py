@@ -33,6 +33,7 @@ from registry.cli import (
 from registry.cli import extract as extract_commands
 from registry.cli.exit_codes import ExitCode, exit_code_for
 from registry.cli.output import print_error, quiet_third_party, with_output_modes
+from registry.errors import storage_error
 from registry.terminal import safe_line
 
 app = typer.Typer(
@@ -140,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(int(ExitCode.OK))
     except Exception as error:
+        storage = storage_error(error)
+        if storage is not None and not debug:  # ENOSPC / EROFS anywhere a command writes
+            print_error(safe_line(str(storage)))
+            sys.exit(int(exit_code_for(storage)))
         if no_args_is_help is not None and isinstance(error, no_args_is_help):
             # `adapt` or `adapt base` alone: the help is the answer, not an error.
             typer.echo(error.format_message())  # type: ignore[attr-defined]

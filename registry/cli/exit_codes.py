@@ -37,6 +37,8 @@ EXIT_CODES: list[tuple[type[errors.AdaptError], ExitCode]] = [
     (errors.InUse, ExitCode.CONFLICT),
     (errors.InsufficientDisk, ExitCode.ENVIRONMENT),
     (errors.MissingDependency, ExitCode.ENVIRONMENT),
+    (errors.StorageFull, ExitCode.ENVIRONMENT),
+    (errors.ReadOnlyStorage, ExitCode.ENVIRONMENT),
     (errors.RegistryUnavailable, ExitCode.ENVIRONMENT),
     (errors.QuantizationUnavailable, ExitCode.ENVIRONMENT),
     (errors.RemoteError, ExitCode.REMOTE),
