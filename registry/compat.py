@@ -137,9 +137,9 @@ def _check_module_shape(adapter: AdapterDir, module: str, shape: tuple[int, ...]
 def _new_method_shape_problem(
     adapter: AdapterDir, mod: ModuleFactors, shape: tuple[int, ...]
 ) -> str | None:
-    """Shape checks of VeRA, FourierFT, OFT and HRA against a 2-D (out, in) weight."""
+    """Shape checks of VeRA, FourierFT, OFT, BOFT and HRA against a 2-D (out, in) weight."""
     method = adapter.peft_type
-    if method not in {"VERA", "FOURIERFT", "OFT", "HRA"} or len(shape) != 2:
+    if method not in {"VERA", "FOURIERFT", "OFT", "BOFT", "HRA"} or len(shape) != 2:
         return None
     out_f, in_f = shape[::-1] if adapter.fan_in_fan_out else shape
     if method == "VERA":
@@ -162,6 +162,12 @@ def _new_method_shape_problem(
             size = (1 + math.isqrt(1 + 8 * rot[1])) // 2
             if rot[0] * size != in_f:
                 return f"{rot[0]} OFT blocks of {size} do not cover {in_f} inputs"
+    elif method == "BOFT":
+        rot, scale = mod.shape("boft_R"), mod.shape("boft_s")
+        if rot is not None and len(rot) == 4 and rot[1] * rot[2] != in_f:
+            return f"{rot[1]} BOFT blocks of {rot[2]} do not cover {in_f} inputs"
+        if scale is not None and scale[0] != out_f:
+            return f"boft_s has {scale[0]} entries for {out_f} outputs"
     elif method == "HRA":
         u = mod.shape("hra_u")
         if u is not None and u[0] != in_f:

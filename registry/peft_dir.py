@@ -40,6 +40,7 @@ FACTOR_PARTS = (
     "lora_magnitude_vector", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1",
     "hada_t2", "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
     "lokr_t2", "ia3_l", "vera_lambda_b", "vera_lambda_d", "fourierft_spectrum", "oft_R", "hra_u",
+    "boft_R", "boft_s",
 )
 # Tensors one adapter shares across modules, saved once at the top level (VeRA's frozen random
 # projections when save_projection is on): not module factors, and not base-model tensors.
@@ -183,7 +184,6 @@ def pattern_key(pattern_keys: Iterable[str], module: str) -> str:
     Python's backtracking engine, so `(.*)*X` cannot hang adapt.
     """
     return _bounded_pattern_key(pattern_keys, module)
-
 
 
 def read_adapter_dir(
@@ -403,6 +403,12 @@ def _check_module(adapter: AdapterDir, method: str, mod: ModuleFactors) -> str |
         u = s("hra_u")
         if u is None or len(u) != 2:
             return "hra_u missing or not a matrix"
+    elif method == "BOFT":
+        rot, scale = s("boft_R"), s("boft_s")
+        if rot is None or len(rot) != 4 or rot[2] != rot[3]:
+            return "boft_R missing or not (factors, blocks, size, size)"
+        if scale is None or len(scale) != 2 or scale[1] != 1:
+            return "boft_s missing or not an (out, 1) column"
     return None
 
 

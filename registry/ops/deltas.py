@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 # Methods whose delta this module computes.
 MERGEABLE_METHODS = frozenset({"LORA", "ADALORA", "LOHA", "LOKR", "IA3", "VERA", "FOURIERFT",
-                               "OFT", "HRA"})
+                               "OFT", "BOFT", "HRA"})
 # Methods whose merge multiplies the base weight (W -> W R), so their change depends on W.
-MULTIPLICATIVE_METHODS = frozenset({"IA3", "OFT", "HRA"})
+MULTIPLICATIVE_METHODS = frozenset({"IA3", "OFT", "BOFT", "HRA"})
 
 # LoRA config fields that switch on a variant whose merge differs from plain LoRA/DoRA.
 _LORA_VARIANT_FIELDS = (
@@ -97,7 +97,7 @@ def merged_weight(
     method = adapter.peft_type
     if method == "IA3":
         return w * _ia3_vector(adapter, module, factors, w)
-    if method in {"OFT", "HRA"}:
+    if method in {"OFT", "BOFT", "HRA"}:
         return _rotated_weight(adapter, module, factors, w)
     if method == "LORA" and "lora_magnitude_vector" not in factors and "lora_A" in factors:
         a, b = factors["lora_A"].float(), factors["lora_B"].float()
@@ -430,14 +430,20 @@ def _fourierft_delta(
 def _rotated_weight(
     adapter: AdapterDir, module: str, factors: Mapping[str, torch.Tensor], w: torch.Tensor
 ) -> torch.Tensor:
-    """W R for HRA and (R W^T)^T for OFT, with R (in, in) built as PEFT builds it."""
+    """W R for HRA, (R W^T)^T for OFT and BOFT (then times boft_s per output row), with R
+    (in, in) built as PEFT builds it."""
     import torch
 
     method = adapter.peft_type
     if w.dim() != 2:
         raise UnsupportedMethod(method, "merged",
                                 f"module {module} is a convolution, which adapt does not merge yet")
-    rot = _hra_matrix(adapter, factors) if method == "HRA" else _oft_matrix(adapter, factors)
+    if method == "HRA":
+        rot = _hra_matrix(adapter, factors)
+    elif method == "BOFT":
+        rot = _boft_matrix(adapter, factors)
+    else:
+        rot = _oft_matrix(adapter, factors)
     if rot.shape[0] != w.shape[1]:
         raise UnsupportedMethod(method, "merged",
                                 f"module {module}: its {rot.shape[0]}-dim rotation does not "
@@ -445,7 +451,11 @@ def _rotated_weight(
                                 "not supported)")
     if method == "HRA":
         return torch.mm(w, rot)
-    return torch.mm(rot, w.t()).t()
+    merged = torch.mm(rot, w.t()).t()
+    if method == "BOFT":
+        # BOFT also scales each output row by its learned boft_s
+        return merged * factors["boft_s"].float()
+    return merged
 
 
 def _hra_matrix(adapter: AdapterDir, factors: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -515,3 +525,57 @@ def _oft_matrix(adapter: AdapterDir, factors: Mapping[str, torch.Tensor]) -> tor
         eye = torch.eye(size).unsqueeze(0).expand(blocks, size, size)
         r = torch.linalg.solve(eye + q_skew, eye - q_skew, left=False)
     return torch.block_diag(*r.unbind(0))
+
+
+def _boft_matrix(adapter: AdapterDir, factors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """BOFT's butterfly product: per factor, a block-diagonal Cayley rotation conjugated by its
+    block butterfly permutation, multiplied in order (PEFT's boft Linear.get_delta_weight)."""
+    import torch
+
+    r = factors["boft_R"].float()
+    n_factors, blocks, size, _ = r.shape
+    flat = r.reshape(n_factors * blocks, size, size)
+    skew = 0.5 * (flat - flat.transpose(1, 2))
+    eye = torch.eye(size).unsqueeze(0).expand(n_factors * blocks, size, size)
+    q = torch.linalg.solve(eye + skew, eye - skew, left=False).view(n_factors, blocks, size, size)
+    diag = torch.stack([torch.block_diag(*q[i].unbind(0)) for i in range(n_factors)])
+    n = blocks * size
+    perms = torch.stack([
+        _perm_matrix(_butterfly_perm(n, int(blocks / (2**i)), int(size / 2), n_factors - 1))
+        for i in range(n_factors)
+    ])
+    batch = torch.bmm(perms, torch.bmm(diag, perms.permute(0, 2, 1)))
+    out = batch[0]
+    for i in range(1, n_factors):
+        out = batch[i] @ out
+    return out
+
+
+def _butterfly_perm(n: int, b: int, r: int, n_butterfly_factor: int) -> torch.Tensor:
+    """PEFT's BOFTLayer.block_butterfly_perm: the index order of one butterfly factor."""
+    import torch
+
+    if n_butterfly_factor == 0:
+        return torch.arange(n)
+    if b * r * 2 > n:
+        raise UnsupportedMethod("BOFT", "merged", "invalid number of butterfly blocks")
+    block_size = n // b
+    indices = torch.arange(n)
+    step = block_size / r
+    initial = torch.arange(block_size)
+    order = torch.empty(block_size, dtype=torch.long)
+    seq = torch.cat((torch.arange(0, step, 2), torch.arange(1, step, 2)), dim=0)
+    for i, pos in enumerate(seq):
+        order[int(i * r): int(i * r + r)] = initial[int(pos * r): int(pos * r + r)]
+    for i in range(0, n, block_size):
+        indices[i: i + block_size] = indices[i: i + block_size][order]
+    return indices
+
+
+def _perm_matrix(indices: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    n = len(indices)
+    mat = torch.zeros((n, n))
+    mat[torch.arange(n), indices] = 1.0
+    return mat

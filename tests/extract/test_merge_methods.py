@@ -1,4 +1,4 @@
-"""Merging PEFT's other methods (VeRA, FourierFT, OFT, HRA): adapt's streaming merge equals
+"""Merging PEFT's other methods (VeRA, FourierFT, OFT, BOFT, HRA): adapt's streaming merge equals
 PEFT's merge_and_unload within 1e-6 (float32), and add reads their configs and tensors."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ TARGETS = ["q_proj", "v_proj", "down_proj"]
 
 
 def _configs() -> dict:
-    from peft import FourierFTConfig, HRAConfig, OFTConfig, VeraConfig
+    from peft import BOFTConfig, FourierFTConfig, HRAConfig, OFTConfig, VeraConfig
 
     return {
         "vera": VeraConfig(r=4, target_modules=TARGETS),
@@ -26,6 +26,9 @@ def _configs() -> dict:
                                       target_modules=TARGETS),
         "oft-coft": OFTConfig(r=0, oft_block_size=16, coft=True, eps=1e-3,
                               target_modules=TARGETS),
+        "boft": BOFTConfig(boft_block_size=8, target_modules=TARGETS),
+        "boft-butterfly": BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=2,
+                                     target_modules=TARGETS),
         "hra": HRAConfig(r=4, target_modules=TARGETS),
         "hra-gs": HRAConfig(r=4, apply_GS=True, target_modules=TARGETS),
     }
@@ -113,7 +116,7 @@ def test_multiplicative_methods_refuse_conversion(method_adapters) -> None:
 
 # FourierFT is left out: its n frequencies fit any weight of at least n entries, and PEFT
 # itself loads it onto another shape (the locations are redrawn for that shape)
-@pytest.mark.parametrize("name", ["vera", "oft", "hra"])
+@pytest.mark.parametrize("name", ["vera", "oft", "boft", "hra"])
 def test_base_of_other_shapes_is_refused(name, method_adapters, extract_models) -> None:
     from registry.checkpoint import open_checkpoint
     from registry.compat import check_compatible
