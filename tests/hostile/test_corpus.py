@@ -117,7 +117,7 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], int]] = [
                 "--name", "x"], 6),
     ("6-spec-with-yaml-alias",
      lambda i: ["validate", "good", "--base", str(i.tiny_base), "--spec",
-                str(i.text("spec.yaml", "g: &g ['ppl < 1']\ngates: *g\n"))], 2),
+                str(i.text("spec.yaml", "gates: [&g 'ppl < 1e9', *g]\n"))], 2),
     # 8. non-finite and absurd numbers
     ("8-score-nan", lambda i: ["score", "good", "--metric", "ppl", "--value", "nan"], 2),
     ("8-score-inf", lambda i: ["score", "good", "--metric", "ppl", "--value", "inf"], 2),
