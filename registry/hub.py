@@ -604,7 +604,10 @@ def _register(reg: Registry, f: _Fetched, repo_id: str, name: str,
         runs=tuple(m.get("validation_runs", [])),
         scores=tuple(m.get("scores", [])),
     )
-    source = m.get("source") or f"hf://{repo_id}@{f.commit}"
+    # a published source from disk is only a directory name (manifest.public_source): here
+    # the version comes from the Hub commit
+    published = str(m.get("source") or "")
+    source = published if "://" in published else f"hf://{repo_id}@{f.commit}"
     res = reg.add(
         f.dir, name=name, base=base, tags=m.get("tags", ()) if apply_tags else (),
         note=m.get("note"), source=source, recipe=m.get("recipe"),

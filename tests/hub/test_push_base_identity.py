@@ -81,3 +81,18 @@ def test_base_known_only_by_path_leaves_base_model_out(
         assert str(tiny_base) not in files[name].decode()
         assert str(tiny_lora) not in files[name].decode()
     reg.close()
+
+
+def test_pull_records_the_hub_commit_as_source(hub: HubServer, tmp_path: Path,
+                                               tiny_lora: Path, tiny_base: Path) -> None:
+    from registry.hub import pull, push
+
+    reg = Registry(home=tmp_path / "home")
+    reg.add(tiny_lora, name="bot", base=tiny_base)
+    push(reg, "bot@1")
+    target = Registry(home=tmp_path / "target")
+    pull(target, "alice/bot")
+    commit = hub.state.repos["alice/bot"].tags["v1"]
+    assert target.show("bot@1")["source"] == f"hf://alice/bot@{commit}"
+    target.close()
+    reg.close()
