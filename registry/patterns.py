@@ -37,7 +37,7 @@ class PatternError(ValueError):
 class _State:
     # kind: "char" (test, then next), "split" (next and alt), "assert" (test at position), "match"
     kind: str
-    test: Callable[[str], bool] | Callable[[str, int], bool] | None = None
+    test: Any = None  # "char": (ch) -> bool; "assert": (name, pos) -> bool
     next: _State | None = None
     alt: _State | None = None
     id: int = field(default=0)
@@ -65,7 +65,7 @@ def _nfa_matches(start: _State, name: str) -> bool:
     for pos, char in enumerate(name):
         if not current or any(s.kind == "match" for s in current):
             break
-        step = [s.next for s in current if s.kind == "char" and s.test(char)]  # type: ignore[call-arg,misc]
+        step = [s.next for s in current if s.kind == "char" and s.test(char)]
         current = _closure([s for s in step if s is not None], name, pos + 1)
     return any(s.kind == "match" for s in current)
 
@@ -83,7 +83,7 @@ def _closure(states: list[_State], name: str, pos: int) -> list[_State]:
         if s.kind == "split":
             stack.extend(x for x in (s.alt, s.next) if x is not None)
         elif s.kind == "assert":
-            if s.test(name, pos) and s.next is not None:  # type: ignore[call-arg,arg-type]
+            if s.test(name, pos) and s.next is not None:
                 stack.append(s.next)
         else:
             out.append(s)
