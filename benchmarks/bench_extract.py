@@ -9,6 +9,9 @@ Error: for a sample of modules (every Linear of the first and last layers) the r
 Frobenius error of each side's B @ A against the delta, next to the exact truncated SVD's error
 (a dense float64 SVD of the same delta).
 
+Conversion: adapt convert vs PEFT's convert_to_lora for LoHa, LoKr and VeRA at rank 16 (time
+and error against PEFT's own get_delta_weight), in process.
+
     python -m benchmarks.bench_extract            # full size (~1.07 GB base)
     python -m benchmarks.bench_extract --quick
 """
@@ -199,7 +202,7 @@ def run(quick: bool) -> list[Row]:
     if mk is None:
         rows.append(Row(benchmark="extract", metric="wall time", adapt=round(ours.wall_s, 2),
                         unit="s", size=size, notes="mergekit not installed: " + notes))
-        return rows
+        return rows + run_conversion(quick)
     common: dict[str, Any] = dict(benchmark="extract", peer_name=peer_name, size=size,
                                   notes=notes, ratio_note="mergekit / adapt, whole processes")
     rows.append(Row(metric="wall time", adapt=round(ours.wall_s, 2), peer=round(mk.wall_s, 2),
@@ -211,6 +214,91 @@ def run(quick: bool) -> list[Row]:
     rows.append(Row(metric="max |error - exact truncated SVD error|", adapt=errors["adapt"],
                     peer=errors["mergekit"], unit="relative Frobenius", goal="<= 1e-3",
                     **{**common, "ratio_note": ""}))
+    return rows + run_conversion(quick)
+
+
+CONVERT_RANK = 16
+CONVERT_FULL = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4)
+CONVERT_QUICK = dict(hidden_size=128, intermediate_size=344, num_hidden_layers=2)
+
+
+def _convert_configs() -> dict[str, Any]:
+    from peft import LoHaConfig, LoKrConfig, VeraConfig
+
+    targets = list(LINEAR)
+    return {
+        "LoHa r=8": LoHaConfig(r=8, alpha=8, target_modules=targets, init_weights=False),
+        "LoKr r=8": LoKrConfig(r=8, alpha=8, target_modules=targets, init_weights=False),
+        "VeRA r=64": VeraConfig(r=64, target_modules=targets),
+    }
+
+
+def run_conversion(quick: bool) -> list[Row]:
+    """adapt's convert (factored, exact SVD of the true delta) vs PEFT's convert_to_lora (dense
+    SVD per module), both at rank 16 in this process on the same adapters: time of the
+    conversion call, and the largest relative error against PEFT's get_delta_weight."""
+    import time
+
+    import torch
+    from peft import PeftModel, convert_to_lora, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from registry.checkpoint import open_checkpoint
+    from registry.ops.convert import ConvertOptions
+    from registry.ops.convert import convert_to_lora as adapt_convert
+    from registry.peft_dir import read_adapter_dir
+
+    dims = CONVERT_QUICK if quick else CONVERT_FULL
+    cfg = LlamaConfig(vocab_size=1000, num_attention_heads=8, num_key_value_heads=4,
+                      tie_word_embeddings=False, **dims)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp_name:
+        tmp = Path(tmp_name)
+        torch.manual_seed(0)
+        LlamaForCausalLM(cfg).save_pretrained(tmp / "base")
+        shapes = {n.removesuffix(".weight"): tuple(t.shape)
+                  for n, t in open_checkpoint(tmp / "base").tensors.items()}
+        for label, config in _convert_configs().items():
+            model = get_peft_model(LlamaForCausalLM.from_pretrained(tmp / "base"), config)
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.add_(torch.randn_like(p) * 0.05)
+            src = tmp / label.split()[0]
+            model.save_pretrained(src)
+            peft_model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tmp / "base"),
+                                                   str(src))
+            exact = {n: m.get_delta_weight("default").float()
+                     for n, m in peft_model.base_model.model.named_modules()
+                     if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
+            t = time.perf_counter()
+            _, peft_state = convert_to_lora(peft_model, CONVERT_RANK)
+            peft_s = time.perf_counter() - t
+            t = time.perf_counter()
+            ours = adapt_convert(read_adapter_dir(src), tmp / f"{src.name}-lora",
+                                 ConvertOptions(rank=CONVERT_RANK), base_shapes=shapes)
+            adapt_s = time.perf_counter() - t
+            products = _lora_products(ours.out_dir, list(exact))
+            err_adapt = err_peft = 0.0
+            for module, delta in exact.items():
+                key = f"base_model.model.{module}"
+                theirs = (peft_state[f"{key}.lora_B.weight"].float()
+                          @ peft_state[f"{key}.lora_A.weight"].float())
+                norm = float(torch.linalg.norm(delta))
+                ours_err = float(torch.linalg.norm(products[module] - delta)) / norm
+                err_adapt = max(err_adapt, ours_err)
+                err_peft = max(err_peft, float(torch.linalg.norm(theirs - delta)) / norm)
+            size = (f"{label}, {len(exact)} modules of a Llama-shaped model (hidden "
+                    f"{dims['hidden_size']}), to rank {CONVERT_RANK}")
+            common: dict[str, Any] = dict(benchmark="extract", peer_name="peft.convert_to_lora",
+                                          size=size)
+            rows.append(Row(metric="convert time", adapt=round(adapt_s, 3),
+                            peer=round(peft_s, 3), unit="s", ratio=round(peft_s / adapt_s, 2),
+                            ratio_note="PEFT / adapt, in process; adapt includes reading and "
+                            "writing the directories", **common))
+            rows.append(Row(metric="convert max relative error", adapt=err_adapt, peer=err_peft,
+                            unit="relative Frobenius", notes="against PEFT's get_delta_weight",
+                            **common))
     return rows
 
 
