@@ -213,8 +213,11 @@ def module_delta_norms(adapter: AdapterDir, ckpt: Checkpoint,
     files = ckpt.file_of()
     norms: dict[str, float] = {}
     rel: dict[str, float] = {}
+    from registry.keymap import key_map, module_tensor_name
+
+    km = key_map(adapter, ckpt)  # the checkpoint may name modules otherwise (prefix, layout)
     for module in adapter.modules:
-        key = f"{module}.weight"
+        key = km.checkpoint_name(module_tensor_name(adapter, module)) or f"{module}.weight"
         base_weight = None
         if key in files:
             with safe_open(str(files[key]), framework="pt") as f:

@@ -39,3 +39,15 @@ def test_headless_names_map_with_prefix_both_ways(build_layout) -> None:
     # GPT-2 ties lm_head to wte, which the checkpoint stores once
     assert km.tie_partner("lm_head.weight") == "transformer.wte.weight"
     assert km.checkpoint_name("lm_head.weight") == "wte.weight"
+
+
+def test_validation_delta_norms_read_base_weights_through_the_key_map(build_layout) -> None:
+    from registry.peft_dir import load_tensors
+    from registry.validation.checks import module_delta_norms
+
+    layout = build_layout("gpt2-ia3")  # IA3's change depends on W: it needs the base weight
+    adapter = read_adapter_dir(layout.adapter)
+    norms, rel, why = module_delta_norms(adapter, open_checkpoint(layout.base),
+                                         load_tensors(adapter))
+    assert why is None
+    assert set(rel) == set(adapter.modules) and all(v > 0 for v in rel.values())
