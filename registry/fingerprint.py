@@ -140,9 +140,11 @@ def _cache_key(ckpt: Checkpoint) -> tuple[str, list[list[object]]]:
 
 def _read_cache(cache_file: Path) -> dict[str, dict]:
     try:
-        data = json.loads(cache_file.read_text())
+        from registry.safeparse import load_json
+
+        data = load_json(cache_file.read_bytes(), max_bytes=256 * 1024 * 1024)
         return data if isinstance(data, dict) else {}
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, ValueError):  # a broken cache only costs a re-hash
         return {}
 
 

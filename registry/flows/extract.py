@@ -126,10 +126,10 @@ def _base_shapes(reg: Registry, info: VersionInfo) -> dict[str, tuple[int, ...]]
 
 def _name_or_path(model_dir: Path) -> str:
     """The model id its config.json was saved from, else the directory."""
-    import json
+    from registry.safeparse import load_json
 
     try:
-        data = json.loads((model_dir / "config.json").read_text())
+        data = load_json((model_dir / "config.json").read_bytes())
         value = data.get("_name_or_path") if isinstance(data, dict) else None
     except (OSError, ValueError):
         value = None

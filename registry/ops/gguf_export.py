@@ -13,7 +13,6 @@ so PEFT's exact per-module scale is folded into `lora_b` and alpha is written as
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -112,9 +111,11 @@ def read_base_config(base_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InvalidModel(base_dir, "no config.json", "pass the base model's directory")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidModel(base_dir, f"config.json is not valid JSON: {error}") from None
+        from registry.safeparse import load_json
+
+        data = load_json(path.read_bytes())
+    except ValueError as error:  # registry.safeparse: malformed, too deep, NaN, too large
+        raise InvalidModel(base_dir, f"config.json is not usable: {error}") from None
     if not isinstance(data, dict):
         raise InvalidModel(base_dir, "config.json is not an object")
     return data

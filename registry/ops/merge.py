@@ -220,8 +220,10 @@ def _set_config_dtype(config_path: Path, dtype: str) -> None:
     if not config_path.is_file():
         return
     try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        from registry.safeparse import load_json
+
+        config = load_json(config_path.read_bytes())
+    except ValueError:  # malformed, too deep or too large: leave the file as it is
         return
     if not isinstance(config, dict):
         return

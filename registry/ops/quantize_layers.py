@@ -8,7 +8,6 @@ correction (a LoRA fitted to the residual) can be written beside the model.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -308,12 +307,14 @@ def read_model_config(model_dir: Path) -> dict[str, Any]:
     """config.json of a transformers model directory, as a dict (InvalidModel otherwise)."""
     path = model_dir / "config.json"
     try:
-        data = json.loads(path.read_text())
+        from registry.safeparse import load_json
+
+        data = load_json(path.read_bytes())
     except FileNotFoundError:
         raise InvalidModel(model_dir, "no config.json",
                            "requantize a transformers model directory") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidModel(model_dir, "config.json is not valid JSON") from None
+    except ValueError as error:  # registry.safeparse: malformed, too deep, NaN, too large
+        raise InvalidModel(model_dir, f"config.json is not usable: {error}") from None
     if not isinstance(data, dict):
         raise InvalidModel(model_dir, "config.json is not a JSON object")
     return data
