@@ -114,6 +114,23 @@ def _tied_llama(root: Path) -> Path:
     return base
 
 
+def build_tied_head_sharded(root: Path) -> Layout:
+    """Tied-embedding Llama saved in shards with an index; LoRA on lm_head."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    base = root / "llama-tied-sharded"
+    if not base.exists():
+        torch.manual_seed(13)
+        model = LlamaForCausalLM.from_pretrained(_tied_llama(root), dtype=torch.float32)
+        model.save_pretrained(base, max_shard_size="40KB")
+    adapter = save_adapter(base, root / "tied-head-sharded", "AutoModelForCausalLM",
+                           _lora(task_type="CAUSAL_LM", r=4, lora_alpha=8,
+                                 target_modules=["lm_head", "q_proj"]))
+    return Layout("tied-head-sharded", base, adapter, "AutoModelForCausalLM", {},
+                  {"input_ids": _ids(128)})
+
+
 def build_tied_embed(root: Path) -> Layout:
     """Tied-embedding Llama (checkpoint stores embed_tokens only); LoRA on embed_tokens."""
     base = _tied_llama(root)
@@ -299,6 +316,7 @@ BUILDERS = {
     "roberta-seqcls": build_roberta_seqcls,
     "tied-embed": build_tied_embed,
     "tied-head": build_tied_head,
+    "tied-head-sharded": build_tied_head_sharded,
     "tied-saved-head": build_tied_saved_head,
     "gpt2-lora": build_gpt2_lora,
     "gpt2-ia3": build_gpt2_ia3,

@@ -95,7 +95,8 @@ def test_gpt2_ia3_on_conv1d_is_compatible(build_layout) -> None:
     assert report.renamed  # `transformer.h.0...` on a headless `h.0...` checkpoint
 
 
-@pytest.mark.parametrize("name", ["tied-embed", "tied-head", "tied-saved-head"])
+@pytest.mark.parametrize("name", ["tied-embed", "tied-head", "tied-saved-head",
+                                  "tied-head-sharded"])
 def test_tied_embedding_adapters_untie_and_match_peft(name: str, build_layout,
                                                       tmp_path: Path) -> None:
     layout = build_layout(name)
@@ -182,3 +183,13 @@ def test_encoder_decoder_tied_head_change_is_refused_in_one_line(build_layout,
         merge_adapter_into_base(layout.adapter, layout.base, tmp_path / "merged")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "merged").exists()
+
+
+def test_untied_head_joins_the_sharded_index(build_layout, tmp_path: Path) -> None:
+    layout = build_layout("tied-head-sharded")
+    assert open_checkpoint(layout.base).index_file is not None
+    out = tmp_path / "merged"
+    merge_adapter_into_base(layout.adapter, layout.base, out)
+    index = json.loads(next(out.glob("*.safetensors.index.json")).read_text())
+    assert "lm_head.weight" in index["weight_map"]
+    assert set(index["weight_map"]) == _tensor_names(out)
