@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.safeparse import ParseLimitError, cap, load_json
+from registry.terminal import has_control, printable
 
 # bytes per element of each safetensors dtype
 DTYPE_SIZES: dict[str, float] = {
@@ -85,6 +86,9 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     tensors: dict[str, TensorInfo] = {}
     spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
+        if has_control(name):  # module names reach terminals, tables and the TUI
+            raise HeaderError(f"tensor name {printable(cap(name, 120))!r} holds control "
+                              "characters")
         entry = _entry(info)
         if entry is None:
             raise HeaderError(f"tensor {cap(name, 120)}: malformed header entry (dtype must be a "

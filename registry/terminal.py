@@ -26,6 +26,11 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
+def has_control(text: str) -> bool:
+    """Whether `text` holds a character a terminal would act on instead of showing."""
+    return _UNSAFE.search(text) is not None
+
+
 def printable(text: object, *, keep_newlines: bool = False) -> str:
     """`text` with every control character shown as `\\xNN` (newlines kept if asked)."""
     s = str(text)

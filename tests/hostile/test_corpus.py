@@ -186,6 +186,10 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], int]] = [
     ("9-export-to-a-dangling-symlink",
      lambda i: ["export", "good", str(_dangling(i.root / "out"))], 2),
     # 11. terminal safety
+    ("11-tensor-name-with-escape-sequences",
+     lambda i: ["add", str(i.lora("a", header=json.dumps({
+         Q_A.replace("q_proj", "q_proj\x1b]52;c;aGk=\x07"): {
+             "dtype": "F32", "shape": [0], "data_offsets": [0, 0]}}))), "--name", "x"], 6),
     ("11-escape-sequence-in-a-ref", lambda i: ["show", "x\x1b]52;c;aGk=\x07\x1b[2J"], 2),
 ]
 
