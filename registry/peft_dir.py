@@ -40,7 +40,7 @@ FACTOR_PARTS = (
     "lora_magnitude_vector", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1",
     "hada_t2", "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
     "lokr_t2", "ia3_l", "vera_lambda_b", "vera_lambda_d", "fourierft_spectrum", "oft_R", "hra_u",
-    "boft_R", "boft_s",
+    "boft_R", "boft_s", "shira_weight", "shira_indices", "ln_tuning_layers",
 )
 # Tensors one adapter shares across modules, saved once at the top level (VeRA's frozen random
 # projections when save_projection is on): not module factors, and not base-model tensors.
@@ -403,6 +403,13 @@ def _check_module(adapter: AdapterDir, method: str, mod: ModuleFactors) -> str |
         u = s("hra_u")
         if u is None or len(u) != 2:
             return "hra_u missing or not a matrix"
+    elif method == "SHIRA":
+        w, idx = s("shira_weight"), s("shira_indices")
+        if w is None or idx is None or len(w) != 1 or len(idx) != 2 or idx != (2, w[0]):
+            return "shira_weight (n,) and shira_indices (2, n) missing or disagreeing"
+    elif method == "LN_TUNING":
+        if "ln_tuning_layers" not in mod.parts:
+            return "ln_tuning_layers.weight missing"
     elif method == "BOFT":
         rot, scale = s("boft_R"), s("boft_s")
         if rot is None or len(rot) != 4 or rot[2] != rot[3]:

@@ -40,7 +40,8 @@ Progress = Callable[[int, int | None], None]
 
 # Methods whose delta depends on the base weight: a LoRA can stand for them only after a merge.
 MULTIPLICATIVE = {"IA3": "it scales the base weight", "OFT": "it rotates the base weight",
-                  "BOFT": "it rotates the base weight", "HRA": "it reflects the base weight"}
+                  "BOFT": "it rotates the base weight", "HRA": "it reflects the base weight",
+                  "LN_TUNING": "it replaces norm layers, which a LoRA does not adapt"}
 
 
 @dataclass(frozen=True)

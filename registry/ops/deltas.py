@@ -21,9 +21,10 @@ if TYPE_CHECKING:
 
 # Methods whose delta this module computes.
 MERGEABLE_METHODS = frozenset({"LORA", "ADALORA", "LOHA", "LOKR", "IA3", "VERA", "FOURIERFT",
-                               "OFT", "BOFT", "HRA"})
-# Methods whose merge multiplies the base weight (W -> W R), so their change depends on W.
-MULTIPLICATIVE_METHODS = frozenset({"IA3", "OFT", "BOFT", "HRA"})
+                               "OFT", "BOFT", "HRA", "SHIRA", "LN_TUNING"})
+# Methods whose merge multiplies (W -> W R) or replaces (LN tuning) the base weight, so their
+# change depends on W.
+MULTIPLICATIVE_METHODS = frozenset({"IA3", "OFT", "BOFT", "HRA", "LN_TUNING"})
 
 # LoRA config fields that switch on a variant whose merge differs from plain LoRA/DoRA.
 _LORA_VARIANT_FIELDS = (
@@ -99,6 +100,8 @@ def merged_weight(
         return w * _ia3_vector(adapter, module, factors, w)
     if method in {"OFT", "BOFT", "HRA"}:
         return _rotated_weight(adapter, module, factors, w)
+    if method == "LN_TUNING":  # the tuned norm layer replaces the base one
+        return factors["ln_tuning_layers"].float().reshape(w.shape)
     if method == "LORA" and "lora_magnitude_vector" not in factors and "lora_A" in factors:
         a, b = factors["lora_A"].float(), factors["lora_B"].float()
         if a.dim() == 2 and w.dim() == 2:
@@ -158,6 +161,8 @@ def merged_bias(
         return base_bias.float() + factors["lora_B.bias"].float() * _lora_scale(adapter, module)
     if method == "IA3" and not _ia3_is_feedforward(adapter, module, factors):
         return base_bias.float() * factors["ia3_l"].float().reshape(base_bias.shape)
+    if method == "LN_TUNING" and "ln_tuning_layers.bias" in factors:
+        return factors["ln_tuning_layers.bias"].float().reshape(base_bias.shape)
     return None
 
 
@@ -175,7 +180,7 @@ def _additive_delta(
         delta = _loha_delta(adapter, module, factors)
     elif method == "LOKR":
         delta = _lokr_delta(adapter, module, factors)
-    elif method in {"VERA", "FOURIERFT"}:
+    elif method in {"VERA", "FOURIERFT", "SHIRA"}:
         if shape is None or len(shape) != 2:
             raise UnsupportedMethod(method, "converted without its base",
                                     f"module {module}: the delta's shape comes from the base "
@@ -184,6 +189,8 @@ def _additive_delta(
         if method == "VERA":
             b, a = _vera_factors(factors, out_in)
             delta = b @ a
+        elif method == "SHIRA":
+            delta = _shira_delta(factors, out_in)
         else:
             delta = _fourierft_delta(adapter, factors, out_in)
         return delta.T if adapter.fan_in_fan_out else delta
@@ -395,7 +402,7 @@ def _ia3_transposed(adapter: AdapterDir, vec: torch.Tensor, w: torch.Tensor) -> 
     return adapter.fan_in_fan_out
 
 
-# -- VeRA, FourierFT ----------------------------------------------------------------------------
+# -- VeRA, FourierFT, SHiRA -----------------------------------------------------------------------
 def _vera_factors(
     factors: Mapping[str, torch.Tensor], out_in: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -406,6 +413,18 @@ def _vera_factors(
     lambda_b = factors["vera_lambda_b"].float().unsqueeze(-1)
     lambda_d = factors["vera_lambda_d"].float().unsqueeze(-1)
     return lambda_b * b, lambda_d * a
+
+
+def _shira_delta(factors: Mapping[str, torch.Tensor], out_in: tuple[int, int]) -> torch.Tensor:
+    """SHiRA: a sparse (out, in) delta, values at saved indices (repeated indices add up, as in
+    PEFT's sparse COO add); PEFT's inference scaling is 1."""
+    import torch
+
+    idx = factors["shira_indices"].long()
+    values = factors["shira_weight"].float()
+    delta = torch.zeros(out_in)
+    delta.index_put_((idx[0], idx[1]), values, accumulate=True)
+    return delta
 
 
 def _fourierft_delta(

@@ -15,7 +15,15 @@ TARGETS = ["q_proj", "v_proj", "down_proj"]
 
 
 def _configs() -> dict:
-    from peft import BOFTConfig, FourierFTConfig, HRAConfig, OFTConfig, VeraConfig
+    from peft import (
+        BOFTConfig,
+        FourierFTConfig,
+        HRAConfig,
+        LNTuningConfig,
+        OFTConfig,
+        ShiraConfig,
+        VeraConfig,
+    )
 
     return {
         "vera": VeraConfig(r=4, target_modules=TARGETS),
@@ -31,6 +39,8 @@ def _configs() -> dict:
                                      target_modules=TARGETS),
         "hra": HRAConfig(r=4, target_modules=TARGETS),
         "hra-gs": HRAConfig(r=4, apply_GS=True, target_modules=TARGETS),
+        "shira": ShiraConfig(r=2, target_modules=TARGETS),
+        "ln-tuning": LNTuningConfig(target_modules=["input_layernorm", "model.norm"]),
     }
 
 
@@ -48,14 +58,18 @@ def _peft_merged(base: Path, adapter: Path) -> dict:
 def test_merge_matches_peft_merge_and_unload(name, method_adapters, llama_base) -> None:
     adapter = method_adapters(name, _configs()[name])
     ref = _peft_merged(llama_base, adapter)
+    from registry.peft_dir import read_adapter_dir
+
+    adapted = {f"{m}.weight" for m in read_adapter_dir(adapter).modules}
+    assert len(adapted) == (3 if name == "ln-tuning" else 2 * len(TARGETS))
     changed = 0
     for tensor_name, value in iter_merged_tensors(adapter, llama_base):
         expected = ref[tensor_name].float()
         scale = expected.abs().max().clamp_min(1e-12)
         err = float((value - expected).abs().max() / scale)
         assert err <= STATE_RTOL, f"{tensor_name}: relative error {err:.2e}"
-        changed += any(tensor_name.endswith(f"{t}.weight") for t in TARGETS)
-    assert changed == 2 * len(TARGETS)
+        changed += tensor_name in adapted
+    assert changed == len(adapted)
 
 
 @pytest.mark.parametrize("name", ["vera", "fourierft", "oft", "hra"])
