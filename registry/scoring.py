@@ -43,9 +43,20 @@ TIMING = ("tokens_per_s", "throughput*", "latency*", "*_ms", "*_s", "peak_memory
 
 
 def is_quality_metric(metric: str) -> bool:
-    """False for timings, throughput and memory: they describe the machine, not the adapter."""
+    """False for timings, throughput and memory (they describe the machine) and for the base
+    model's own figures that a validation run records beside the adapter's (base_loss, ...)."""
     leaf = metric.lower().rsplit(".", 1)[-1]
-    return not any(fnmatch.fnmatchcase(leaf, p) for p in TIMING)
+    return not leaf.startswith("base_") and not any(fnmatch.fnmatchcase(leaf, p) for p in TIMING)
+
+
+def headline_metric(metrics: Iterable[str]) -> str | None:
+    """The one metric a one-cell summary shows: a quality metric whose direction is known,
+    hand-recorded ones before validation figures, then by name."""
+    ranked = sorted(
+        (m for m in metrics if is_quality_metric(m) and known_direction(m) is not None),
+        key=lambda m: (m.startswith("validate."), m),
+    )
+    return ranked[0] if ranked else None
 
 
 def direction(metric: str, recorded: bool | None = None) -> bool:

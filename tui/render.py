@@ -72,15 +72,19 @@ def fmt_score(value: float) -> str:
 
 
 def best_score(scores: dict[str, float]) -> tuple[str, float | None]:
-    """The list's "best" cell: the first metric by name, the highest value recorded for it.
+    """The list's "best" cell: the headline metric (`registry.scoring.headline_metric`: a
+    quality metric of the adapter, not a timing nor the base's own figure) and its best value
+    by that metric's direction, the same rule as `adapt best`.
 
     Short on purpose (the list must fit 80 columns): the Scores tab shows every metric.
     """
-    if not scores:
+    from registry.scoring import headline_metric
+
+    metric = headline_metric(scores)
+    if metric is None:
         return "-", None
-    metric = sorted(scores)[0]
     value = scores[metric]
-    return f"{metric[:8]} {fmt_score(value)}", value
+    return f"{metric.removeprefix('validate.')[:8]} {fmt_score(value)}", value
 
 
 def sparkline(values: Sequence[float | None]) -> str:

@@ -195,3 +195,16 @@ def test_best_follows_direction_and_breaks_ties_by_newest(
     scored.add_score("s2@1", "custom", 3.0, higher_is_better=False)
     assert scored.best("custom").ref == "s2@1"
     assert run_adapt(capsys, "best", "nosuchmetric").code == 3
+
+
+def test_the_tui_best_cell_uses_the_same_rule(registry: Registry, loras: list[Path]) -> None:
+    from tui.render import best_score
+
+    registry.add(loras[0], name="a")
+    for metric, value in (("validate.base_loss", 5.613), ("validate.loss", 2.5),
+                          ("validate.loss", 2.1), ("validate.tokens_per_s", 900.0)):
+        registry.add_score("a@1", metric, value, append=True)
+    row = registry.list_versions()[0]
+    assert best_score(row.scores) == ("loss 2.1", 2.1)  # not the base's loss, not a timing
+    registry.add_score("a@1", "accuracy", 0.8)
+    assert best_score(registry.list_versions()[0].scores) == ("accuracy 0.8", 0.8)
