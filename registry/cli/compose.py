@@ -7,7 +7,14 @@ from typing import Any
 
 import typer
 
-from registry.cli.output import console, err_console, open_registry, print_json, progress_bar
+from registry.cli.output import (
+    console,
+    err_console,
+    open_registry,
+    print_json,
+    progress_bar,
+    shorten_common_prefix,
+)
 from registry.errors import UsageError
 
 
@@ -149,9 +156,15 @@ def diff(
     if json_:
         print_json(report.to_dict())
         return
-    table = Table("module", "cosine", "norm a", "norm b", "sign conflict", "eff. rank a",
-                  "eff. rank b")
-    for module, s in report.modules.items():
+    # 80 columns: drop the prefix every module shares, fold (never cut) what distinguishes them.
+    prefix, shown = shorten_common_prefix(list(report.modules))
+    if prefix:
+        console.print(f"modules under {prefix}", markup=False, soft_wrap=True)
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("module", overflow="fold", min_width=min(40, max(map(len, shown), default=6)))
+    for col in ("cosine", "|a|", "|b|", "conflict", "rank a", "rank b"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for module, (_, s) in zip(shown, report.modules.items(), strict=True):
         table.add_row(module, f"{s['cosine']:+.3f}", f"{s['norm_a']:.3g}", f"{s['norm_b']:.3g}",
                       f"{s['sign_conflict']:.3f}", f"{s['effective_rank_a']:.2f}",
                       f"{s['effective_rank_b']:.2f}")

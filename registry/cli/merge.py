@@ -45,7 +45,7 @@ def merge(
     ref: str = typer.Argument(..., help="The adapter version to merge (NAME, NAME@N, NAME:TAG, "
                               "sha256:PREFIX)."),
     base: Path = typer.Option(..., "--base", "-b", help="Base model directory (safetensors, "
-                              "sharded or not)."),
+                              "sharded or not) or a registered base name."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write the merged model to."),
     dtype: Dtype | None = typer.Option(None, "--dtype", help="Output dtype for floating "
                                        "tensors (default: keep the base's)."),

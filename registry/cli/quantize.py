@@ -47,8 +47,8 @@ def requantize(
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write the quantized model to."),
     adapter: str | None = typer.Option(None, "--adapter", "-a", help="Merge this registered "
                                        "adapter version into --base and quantize in one pass."),
-    base: Path | None = typer.Option(None, "--base", "-b", help="Base model directory for "
-                                     "--adapter."),
+    base: Path | None = typer.Option(None, "--base", "-b", help="Base model directory (or "
+                                     "registered base name) for --adapter."),
     double_quant: bool = typer.Option(False, "--double-quant", help="4-bit only: also quantize "
                                       "the per-block absmax statistics (saves ~0.4 bit/weight)."),
     compute_dtype: ComputeDtype = typer.Option(ComputeDtype.bf16, "--compute-dtype",
@@ -64,6 +64,8 @@ def requantize(
                                "one that holds a source or the registry)."),
     name: str | None = typer.Option(None, "--name", "-n", help="Register the quantized model "
                                     "under this base name (see `adapt base list`)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every layer's error, not "
+                                 "only the worst 5 (--json always has them all)."),
     json_: bool = typer.Option(False, "--json", help="Print JSON for scripts instead of text."),
 ) -> None:
     """Quantize every Linear weight with bitsandbytes into a model from_pretrained loads as is.
@@ -104,14 +106,14 @@ def requantize(
     if json_:
         print_json({**result.to_dict(), "record": info.to_dict()})
     else:
-        _render(result, info)
+        _render(result, info, verbose=verbose)
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _render(result: QuantizeResult, info: BaseInfo) -> None:
+def _render(result: QuantizeResult, info: BaseInfo, *, verbose: bool = False) -> None:
     from rich.table import Table
 
     source = result.provenance.get("adapter_ref") or result.provenance.get("source_path", "?")
@@ -126,7 +128,12 @@ def _render(result: QuantizeResult, info: BaseInfo) -> None:
     if result.compensate_rank:
         table.add_column(f"+r{result.compensate_rank} err/|W|", justify="right")
         table.add_column(f"+r{result.compensate_rank} err/|delta|", justify="right")
-    for layer in result.layers:
+    # A summary by default: the 5 layers with the largest error (every layer with --verbose).
+    layers = result.layers if verbose else sorted(
+        result.layers, key=lambda layer: -(layer.rel_error or 0.0))[:5]
+    if not verbose and len(result.layers) > len(layers):
+        console.print(f"  worst {len(layers)} of {len(result.layers)} layers (all: --verbose)")
+    for layer in layers:
         row = [layer.module, "x".join(map(str, layer.shape)), _fmt(layer.rel_error),
                _fmt(layer.error_vs_delta)]
         if result.compensate_rank:

@@ -33,8 +33,8 @@ def register(app: typer.Typer) -> None:
 def validate(
     ref: str = typer.Argument(..., help="The adapter version to validate (NAME, NAME@N, "
                               "NAME:TAG, sha256:PREFIX)."),
-    base: Path = typer.Option(..., "--base", "-b", help="Base model directory to load the "
-                              "adapter onto."),
+    base: Path = typer.Option(..., "--base", "-b", help="Base model directory (or "
+                              "registered base name) to load the adapter onto."),
     merged: Path | None = typer.Option(None, "--merged", help="A merged model directory "
                                        "(e.g. `adapt merge` output) to compare logits with; "
                                        "default: merge on the fly."),
@@ -76,10 +76,10 @@ def validate(
     """
     from registry.validation import ValidationOptions
 
-    options = ValidationOptions.build(base, merged=merged, quantized=quantized, data=data,
-                                      device=device, dtype=dtype, gates=gate, spec=spec,
-                                      max_samples=max_samples)
-    reg = open_registry()
+    reg = open_registry()  # first: --base may be a registered base's name
+    options = ValidationOptions.build(reg.base_dir(base), merged=merged, quantized=quantized,
+                                      data=data, device=device, dtype=dtype, gates=gate,
+                                      spec=spec, max_samples=max_samples)
     with progress_bar(f"validating {ref}", None, unit="steps",
                       enabled=not json_ and err_console.is_terminal) as update:
         report = reg.validate(ref, options, on_progress=update)
