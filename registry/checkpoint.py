@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from registry.errors import InvalidModel
-from registry.safeparse import ParseLimitError, cap, load_json
+from registry.safeparse import ParseLimitError, cap, load_json, read_limited
 from registry.safetensors_header import HeaderError, SafetensorsHeader, TensorInfo, read_header
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -39,7 +39,7 @@ class Checkpoint:
         cfg = self.path / "config.json"
         if cfg.is_file():
             try:
-                data = load_json(cfg.read_bytes())
+                data = load_json(read_limited(cfg, 16 * 1024 * 1024))
                 return data if isinstance(data, dict) else {}
             except (ParseLimitError, OSError):
                 return {}
@@ -99,7 +99,8 @@ def _weight_map(root: Path, index_file: Path) -> dict[str, str]:
     """The index's tensor -> shard file map, checked: names are strings and every shard is a
     plain file name inside the model directory (a hostile index must not point elsewhere)."""
     try:
-        data = load_json(index_file.read_bytes(), max_bytes=64 * 1024 * 1024)
+        data = load_json(read_limited(index_file, 64 * 1024 * 1024),
+                         max_bytes=64 * 1024 * 1024)
     except ParseLimitError as error:
         raise InvalidModel(root, f"{index_file.name} is not a valid index: {error}") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from registry.errors import InvalidAdapter, NonFiniteTensor, PickleRefused
 from registry.patterns import PatternError, check_pattern_keys, compile_regex
 from registry.patterns import pattern_key as _bounded_pattern_key
-from registry.safeparse import ParseLimitError, cap, load_json
+from registry.safeparse import ParseLimitError, cap, load_json, read_limited
 from registry.safetensors_header import HeaderError, SafetensorsHeader, TensorInfo, read_header
 
 if TYPE_CHECKING:
@@ -202,7 +202,8 @@ def read_adapter_dir(
     if not config_path.is_file():
         raise InvalidAdapter(path, f"no {CONFIG_NAME}", "is this a PEFT adapter directory?")
     try:
-        config = load_json(config_path.read_bytes(), max_bytes=CONFIG_MAX_BYTES)
+        config = load_json(read_limited(config_path, CONFIG_MAX_BYTES),
+                           max_bytes=CONFIG_MAX_BYTES)
     except PermissionError:
         raise InvalidAdapter(path, f"{CONFIG_NAME} is not readable") from None
     except ParseLimitError as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from typing import Any
 
@@ -64,6 +65,16 @@ def _bounded_int(text: str) -> int:
     if len(text.lstrip("-")) > _MAX_INT_DIGITS or abs(value := int(text)) > MAX_INT:
         raise ParseLimitError(f"integer {cap(text, 40)} is out of range")
     return value
+
+
+def read_limited(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The bytes of a file, refusing one larger than `max_bytes` without reading it all (a
+    hostile 10 GB config must not be loaded into memory to find out it is too large)."""
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ParseLimitError(f"more than the {max_bytes} bytes allowed")
+    return data
 
 
 def load_json(

@@ -42,11 +42,11 @@ def load_recipe(path: Path) -> dict[str, Any]:
     Parsed with bounds (registry.safeparse): no YAML aliases (a billion-laughs recipe), no deep
     nesting, no NaN/Inf, at most 1 MB; every refusal is one short line, exit 2.
     """
-    from registry.safeparse import ParseLimitError, load_yaml
+    from registry.safeparse import ParseLimitError, load_yaml, read_limited
     from registry.schemas import validate
 
     try:
-        data = load_yaml(path.read_bytes())
+        data = load_yaml(read_limited(path, 1024 * 1024))
     except OSError as error:
         raise UsageError(f"cannot read recipe {path}: {error.strerror}") from None
     except ParseLimitError as error:

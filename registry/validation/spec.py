@@ -184,7 +184,7 @@ class ValidationSpec:
 
 def load_spec(spec: str | Path | Mapping[str, Any]) -> ValidationSpec:
     """Read a YAML/JSON spec file (or take a dict), check it against SPEC_SCHEMA, resolve paths."""
-    from registry.safeparse import ParseLimitError, load_yaml
+    from registry.safeparse import ParseLimitError, load_yaml, read_limited
     from registry.schemas import validate
 
     if isinstance(spec, Mapping):
@@ -195,7 +195,7 @@ def load_spec(spec: str | Path | Mapping[str, Any]) -> ValidationSpec:
         if not path.is_file():
             raise NotFound("spec file", str(path))
         try:  # bounded: no aliases, no deep nesting, no NaN/Inf, at most 1 MB
-            raw = load_yaml(path.read_bytes())
+            raw = load_yaml(read_limited(path, 1024 * 1024))
         except ParseLimitError as error:
             raise UsageError(f"spec {path} is not usable: {error}") from None
         except OSError as error:
