@@ -41,6 +41,7 @@ FACTOR_PARTS = (
     "hada_t2", "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
     "lokr_t2", "ia3_l", "vera_lambda_b", "vera_lambda_d", "fourierft_spectrum", "oft_R", "hra_u",
     "boft_R", "boft_s", "shira_weight", "shira_indices", "ln_tuning_layers",
+    "miss_block", "c3a_kernel",
 )
 # Tensors one adapter shares across modules, saved once at the top level (VeRA's frozen random
 # projections when save_projection is on): not module factors, and not base-model tensors.
@@ -408,6 +409,14 @@ def _check_module(adapter: AdapterDir, method: str, mod: ModuleFactors) -> str |
         w, idx = s("shira_weight"), s("shira_indices")
         if w is None or idx is None or len(w) != 1 or len(idx) != 2 or idx != (2, w[0]):
             return "shira_weight (n,) and shira_indices (2, n) missing or disagreeing"
+    elif method == "MISS":
+        block = s("miss_block")
+        if block is None or len(block) != 2:
+            return "miss_block missing or not a matrix"
+    elif method == "C3A":
+        kernel = s("c3a_kernel")
+        if kernel is None or len(kernel) != 3:
+            return "c3a_kernel missing or not (out blocks, in blocks, block size)"
     elif method == "LN_TUNING":
         if "ln_tuning_layers" not in mod.parts:
             return "ln_tuning_layers.weight missing"

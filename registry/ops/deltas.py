@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 # Methods whose delta this module computes.
 MERGEABLE_METHODS = frozenset({"LORA", "ADALORA", "LOHA", "LOKR", "IA3", "VERA", "FOURIERFT",
-                               "OFT", "BOFT", "HRA", "SHIRA", "LN_TUNING"})
+                               "OFT", "BOFT", "HRA", "SHIRA", "LN_TUNING", "MISS", "C3A"})
 # Methods whose merge multiplies (W -> W R) or replaces (LN tuning) the base weight, so their
 # change depends on W.
 MULTIPLICATIVE_METHODS = frozenset({"IA3", "OFT", "BOFT", "HRA", "LN_TUNING"})
@@ -66,6 +66,9 @@ def check_mergeable(adapter: AdapterDir) -> None:
         raise UnsupportedMethod("VERA (save_projection=false)", "merged",
                                 "the frozen projections are not in the file; save the adapter "
                                 "with save_projection=True")
+    if method == "MISS" and adapter.config.get("init_weights") == "bat":
+        raise UnsupportedMethod("MISS (bat)", "merged", "adapt does not implement Bat's "
+                                "weight-dependent update")
     if method == "OFT" and adapter.config.get("block_share"):
         raise UnsupportedMethod("OFT (block_share)", "merged", "adapt does not implement it")
 
@@ -180,7 +183,9 @@ def _additive_delta(
         delta = _loha_delta(adapter, module, factors)
     elif method == "LOKR":
         delta = _lokr_delta(adapter, module, factors)
-    elif method in {"VERA", "FOURIERFT", "SHIRA"}:
+    elif method == "C3A":
+        delta = _c3a_delta(factors)
+    elif method in {"VERA", "FOURIERFT", "SHIRA", "MISS"}:
         if shape is None or len(shape) != 2:
             raise UnsupportedMethod(method, "converted without its base",
                                     f"module {module}: the delta's shape comes from the base "
@@ -191,6 +196,8 @@ def _additive_delta(
             delta = b @ a
         elif method == "SHIRA":
             delta = _shira_delta(factors, out_in)
+        elif method == "MISS":
+            delta = _miss_delta(adapter, factors, out_in)
         else:
             delta = _fourierft_delta(adapter, factors, out_in)
         return delta.T if adapter.fan_in_fan_out else delta
@@ -425,6 +432,34 @@ def _shira_delta(factors: Mapping[str, torch.Tensor], out_in: tuple[int, int]) -
     delta = torch.zeros(out_in)
     delta.index_put_((idx[0], idx[1]), values, accumulate=True)
     return delta
+
+
+def _miss_delta(
+    adapter: AdapterDir, factors: Mapping[str, torch.Tensor], out_in: tuple[int, int]
+) -> torch.Tensor:
+    """MiSS: input column j of W gains row j mod r of the shared block (PEFT's
+    get_delta_weight_miss; "mini" repeats a (r, mini_r) block across the outputs)."""
+    import torch
+
+    block = factors["miss_block"].float()
+    out_f, in_f = out_in
+    if adapter.config.get("init_weights") == "mini":
+        block = block.repeat(1, out_f // int(adapter.config.get("mini_r", block.shape[1])))
+    return block.T[:, torch.arange(in_f) % block.shape[0]]
+
+
+def _c3a_delta(factors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """C3A: the block-circulant matrix of its kernel (m, n, b), divided by in = n * b (PEFT's
+    get_circulant_fast, float32)."""
+    import torch
+    from torch.fft import fft, ifft
+
+    w = factors["c3a_kernel"].float()
+    _, n, b = w.shape
+    x = torch.eye(n * b, dtype=w.dtype).reshape(n * b, n, b)
+    x = torch.einsum("...nb,mnb->...mb", ifft(x), fft(w))
+    x = fft(x).real.flatten(start_dim=1).T
+    return x / (n * b)
 
 
 def _fourierft_delta(

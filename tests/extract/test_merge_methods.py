@@ -17,9 +17,11 @@ TARGETS = ["q_proj", "v_proj", "down_proj"]
 def _configs() -> dict:
     from peft import (
         BOFTConfig,
+        C3AConfig,
         FourierFTConfig,
         HRAConfig,
         LNTuningConfig,
+        MissConfig,
         OFTConfig,
         ShiraConfig,
         VeraConfig,
@@ -41,6 +43,9 @@ def _configs() -> dict:
         "hra-gs": HRAConfig(r=4, apply_GS=True, target_modules=TARGETS),
         "shira": ShiraConfig(r=2, target_modules=TARGETS),
         "ln-tuning": LNTuningConfig(target_modules=["input_layernorm", "model.norm"]),
+        "miss": MissConfig(r=4, target_modules=TARGETS),
+        "miss-mini": MissConfig(r=4, init_weights="mini", mini_r=4, target_modules=TARGETS),
+        "c3a": C3AConfig(block_size=16, target_modules=TARGETS),
     }
 
 
