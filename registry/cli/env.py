@@ -55,7 +55,8 @@ def collect_env() -> dict[str, Any]:
     registry: dict[str, Any] = {
         "home": str(settings.home),
         "database": redact_url(settings.db_url),
-        "blob_store": str(settings.blob_dir),
+        # a remote store (s3://...) where one is configured, else the local directory
+        "blob_store": redact_url(getattr(settings, "blob_url", None) or str(settings.blob_dir)),
         "exists": settings.home.exists() if db_file is None else db_file.exists(),
     }
     if registry["exists"]:  # never create a registry just to describe it
