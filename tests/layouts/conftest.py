@@ -141,6 +141,17 @@ def build_tied_embed(root: Path) -> Layout:
                   {"input_ids": _ids(128)})
 
 
+def build_tied_ensured(root: Path) -> Layout:
+    """Tied-embedding Llama; LoRA on embed_tokens with PEFT's ensure_weight_tying."""
+    base = _tied_llama(root)
+    adapter = save_adapter(base, root / "tied-ensured", "AutoModelForCausalLM",
+                           _lora(task_type="CAUSAL_LM", r=4, lora_alpha=8,
+                                 target_modules=["embed_tokens", "q_proj"],
+                                 ensure_weight_tying=True))
+    return Layout("tied-ensured", base, adapter, "AutoModelForCausalLM", {},
+                  {"input_ids": _ids(128)})
+
+
 def build_tied_head(root: Path) -> Layout:
     """Tied-embedding Llama; LoRA on lm_head, which the checkpoint does not store."""
     base = _tied_llama(root)
@@ -316,6 +327,7 @@ BUILDERS = {
     "roberta-seqcls": build_roberta_seqcls,
     "tied-embed": build_tied_embed,
     "tied-head": build_tied_head,
+    "tied-ensured": build_tied_ensured,
     "tied-head-sharded": build_tied_head_sharded,
     "tied-saved-head": build_tied_saved_head,
     "gpt2-lora": build_gpt2_lora,
