@@ -27,11 +27,15 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
 
 # Methods whose weights are virtual tokens, not weight deltas.
-PROMPT_METHODS = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT"}
+PROMPT_METHODS = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT",
+                  "CARTRIDGE"}
 KNOWN_PEFT_TYPES = {
     "LORA", "ADALORA", "LOHA", "LOKR", "IA3", "OFT", "BOFT", "VERA", "FOURIERFT", "HRA", "BONE",
     "LN_TUNING", "POLY", "XLORA", "VBLORA", "RANDLORA", "SHIRA", "C3A", "MISS", "ROAD",
     "TRAINABLE_TOKENS", "WAVEFT", "DELORA", "OSF", "GRALORA", "LILY", "ADAPTION_PROMPT",
+    # PEFT 0.21's other types: registered as they are; merge and convert refuse them by name
+    "ADAMSS", "BEFT", "FROD", "PVERA", "GLORA", "UNILORA", "HIRA", "TINYLORA", "PSOFT", "PEANUT",
+    "SHADOW", "SUPERTUNING", "DEFT",
 } | PROMPT_METHODS
 
 # The factor names each method stores per module, as they appear after the module path.

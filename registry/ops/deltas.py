@@ -26,6 +26,14 @@ MERGEABLE_METHODS = frozenset({"LORA", "ADALORA", "LOHA", "LOKR", "IA3", "VERA",
 # change depends on W.
 MULTIPLICATIVE_METHODS = frozenset({"IA3", "OFT", "BOFT", "HRA", "LN_TUNING"})
 
+# Methods that have no single merged weight, and why.
+_NO_SINGLE_WEIGHT = {
+    "XLORA": "a learned classifier mixes its LoRA experts per token, so no single weight "
+             "equals it",
+    "POLY": "it routes each task to its own mixture of LoRA skills, so no single weight "
+            "equals it",
+}
+
 # LoRA config fields that switch on a variant whose merge differs from plain LoRA/DoRA.
 _LORA_VARIANT_FIELDS = (
     "use_qalora", "alora_invocation_tokens", "velora_config", "monteclora_config", "use_bdlora",
@@ -42,6 +50,8 @@ def check_mergeable(adapter: AdapterDir) -> None:
     method = adapter.peft_type
     if method in PROMPT_METHODS or method == "ADAPTION_PROMPT":
         raise UnsupportedMethod(method, "merged", "the method adds virtual tokens, not weights")
+    if method in _NO_SINGLE_WEIGHT:
+        raise UnsupportedMethod(method, "merged", _NO_SINGLE_WEIGHT[method])
     if method not in MERGEABLE_METHODS:
         raise UnsupportedMethod(
             method, "merged",

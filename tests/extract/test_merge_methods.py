@@ -149,3 +149,27 @@ def test_base_of_other_shapes_is_refused(name, method_adapters, extract_models) 
     adapter = read_adapter_dir(method_adapters(name, _configs()[name]))
     with pytest.raises(IncompatibleBase):
         check_compatible(adapter, open_checkpoint(wide))
+
+
+@pytest.mark.parametrize(("peft_type", "reason"), [
+    ("XLORA", "mixes its LoRA experts per token"),
+    ("POLY", "routes each task"),
+    ("CARTRIDGE", "virtual tokens"),
+    ("PREFIX_TUNING", "virtual tokens"),
+    ("RANDLORA", "merges"),
+])
+def test_unmergeable_methods_are_refused_by_name(peft_type, reason, tmp_path) -> None:
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from registry.errors import UnsupportedMethod
+    from registry.ops.deltas import check_mergeable
+    from registry.peft_dir import read_adapter_dir
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": peft_type}))
+    save_file({"base_model.model.some.weight": torch.ones(2)},
+              str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(UnsupportedMethod, match=reason):
+        check_mergeable(read_adapter_dir(tmp_path))
