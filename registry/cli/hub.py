@@ -7,8 +7,10 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from registry.cli.output import console, open_registry, print_json, progress_bar
+from registry.terminal import printable
 
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 
@@ -101,8 +103,9 @@ def pull(
     for v in result.versions:
         what = "registered" if v.created else "already registered"
         extra = "" if v.has_manifest else " (no adapt.json: metadata from adapter_config.json)"
-        console.print(f"{result.repo}@{v.tag or v.revision} ({v.commit[:12]}) -> {v.ref}: "
-                      f"{what}{extra}")
+        # the revision and tag come from the command line and the server: shown, never obeyed
+        console.print(printable(f"{result.repo}@{v.tag or v.revision} ({v.commit[:12]}) -> "
+                                f"{v.ref}: {what}{extra}"), markup=False)
 
 
 @remote_app.command("status")
@@ -128,6 +131,7 @@ def status(
     for col in ("local", "digest", "hub tag", "hub commit", "state"):
         table.add_column(col)
     for row in data["versions"]:
-        table.add_row(row["ref"] or "-", (row["digest"] or "-")[:19], row["hub_tag"] or "-",
-                      (row["hub_commit"] or "-")[:12], row["state"])
+        table.add_row(*(Text(printable(cell)) for cell in (
+            row["ref"] or "-", (row["digest"] or "-")[:19], row["hub_tag"] or "-",
+            (row["hub_commit"] or "-")[:12], row["state"])))
     console.print(table)
