@@ -26,6 +26,8 @@ def default_home() -> Path:
 class Settings:
     home: Path
     db_url: str
+    blob_url: str | None = None  # s3://bucket/prefix; None: the local directory home/blobs
+    cache_max_bytes: int = 20 * 1024**3  # the read-through cache of a remote blob store
 
     @property
     def blob_dir(self) -> Path:
@@ -36,10 +38,92 @@ class Settings:
         return self.home / "cache"
 
 
-def load_settings(home: Path | str | None = None, db_url: str | None = None) -> Settings:
+CONFIG_NAME = "config.toml"
+
+
+def load_settings(home: Path | str | None = None, db_url: str | None = None,
+                  blob_url: str | None = None) -> Settings:
+    """Arguments first, then ADAPT_DB_URL / ADAPT_BLOB_URL / ADAPT_CACHE_MAX_BYTES, then the
+    config file `adapt init` wrote in ADAPT_HOME, then the defaults (all under ADAPT_HOME)."""
     home_path = Path(home).expanduser() if home is not None else default_home()
-    url = db_url or os.environ.get("ADAPT_DB_URL") or f"sqlite:///{home_path / 'registry.db'}"
-    return Settings(home=home_path, db_url=url)
+    config = read_config(home_path)
+    url = (db_url or os.environ.get("ADAPT_DB_URL") or config.get("db_url")
+           or f"sqlite:///{home_path / 'registry.db'}")
+    blobs = blob_url or os.environ.get("ADAPT_BLOB_URL") or config.get("blob_url") or None
+    cache_max = os.environ.get("ADAPT_CACHE_MAX_BYTES") or config.get("cache_max_bytes")
+    extra = {} if cache_max is None else {"cache_max_bytes": _byte_count(cache_max)}
+    return Settings(home=home_path, db_url=str(url),
+                    blob_url=str(blobs) if blobs else None, **extra)
+
+
+def read_config(home: Path) -> dict[str, object]:
+    """The settings in ADAPT_HOME/config.toml ({} when there is none)."""
+    import tomllib
+
+    path = home / CONFIG_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError:
+        return {}  # an unreadable home is reported when the registry opens
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        from registry.errors import UsageError
+
+        raise UsageError(f"{path} is not valid TOML: {error}",
+                         "fix it or write it again with `adapt init`") from None
+    return {k: v for k, v in data.items() if k in ("db_url", "blob_url", "cache_max_bytes")}
+
+
+def write_config(home: Path, *, db_url: str | None, blob_url: str | None,
+                 cache_max_bytes: int | None = None) -> Path:
+    """Write ADAPT_HOME/config.toml (keys not given are kept from the file). URLs that carry a
+    password are refused: credentials come from the environment, never from this file."""
+    import json
+
+    from registry.errors import UsageError
+
+    values = read_config(home)
+    for key, value in (("db_url", db_url), ("blob_url", blob_url)):
+        if value is None:
+            continue
+        if redact_url(value) != value:
+            raise UsageError(f"{key.replace('_', ' ')} carries a password",
+                             "leave it out of the URL: use PGPASSWORD or ~/.pgpass")
+        values[key] = value
+    if cache_max_bytes is not None:
+        values["cache_max_bytes"] = cache_max_bytes
+    lines = ["# written by `adapt init`; credentials come from the environment, never here"]
+    for key, item in values.items():  # a JSON string is a valid TOML basic string
+        text = json.dumps(item) if isinstance(item, str) else str(_byte_count(item))
+        lines.append(f"{key} = {text}")
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / CONFIG_NAME
+    tmp = home / f".tmp-{CONFIG_NAME}"
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _byte_count(value: object) -> int:
+    """An int, or text like `20GB` / `512MiB`."""
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        count = int(float(number) * factor)
+    except ValueError:
+        from registry.errors import UsageError
+
+        raise UsageError(f"cannot read {value!r} as a size", "write e.g. 20GB") from None
+    if count < 0:
+        from registry.errors import UsageError
+
+        raise UsageError(f"a cache size cannot be negative ({value!r})")
+    return count
 
 
 def redact_url(url: str) -> str:

@@ -52,7 +52,7 @@ from registry.records import (
     VersionSummary,
 )
 from registry.refs import Ref, check_name
-from registry.store import BlobStore
+from registry.blobs import BlobStore, open_blob_store
 
 if TYPE_CHECKING:
     from sqlmodel import Session
@@ -147,7 +147,7 @@ class Registry:
             if problem is None:
                 raise
             raise problem from error
-        self.store = BlobStore(self.settings.blob_dir)
+        self.store: BlobStore = open_blob_store(self.settings)
 
     @property
     def engine(self) -> Any:

@@ -17,14 +17,22 @@ from registry.hashing import CHUNK
 
 
 class BlobStore:
+    """The local backend of `registry.blobs.BlobStore`: a directory under ADAPT_HOME."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:]
 
+    def describe(self) -> str:
+        return str(self.root)
+
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
+
+    def size(self, sha256: str) -> int:
+        return self.path(sha256).stat().st_size
 
     def put_file(self, src: str | Path, expected_sha256: str | None = None) -> tuple[str, int]:
         """Copy `src` into the store atomically (temp file, fsync, rename); return (sha256, size).

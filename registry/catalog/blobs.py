@@ -11,8 +11,8 @@ from registry.records import FsckReport, GcReport
 from registry.store import Leftover, find_leftovers, remove_leftover
 
 if TYPE_CHECKING:
+    from registry.blobs import BlobStore
     from registry.catalog import Catalog
-    from registry.store import BlobStore
 
 
 def gc(cat: Catalog, store: BlobStore, *, dry_run: bool, temp_grace_seconds: float,
@@ -55,7 +55,7 @@ def _remove_orphans(cat: Catalog, store: BlobStore, report: GcReport, *, dry_run
             if sha in referenced:
                 continue
             report.removed_blobs.append(sha)
-            report.removed_bytes += store.path(sha).stat().st_size
+            report.removed_bytes += store.size(sha)
             if not dry_run:
                 store.remove(sha)
         if not dry_run:
