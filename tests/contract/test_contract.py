@@ -199,6 +199,8 @@ def json_invocations(home: Path, tiny_base: Path, tiny_lora: Path) -> dict[tuple
         ("tag",): ("tag", f"{ADAPTER_A}@1", "prod"),
         ("untag",): ("untag", ADAPTER_A, "staging"),
         ("score",): ("score", ADAPTER_B, "--metric", "accuracy", "--value", "0.5"),
+        ("search",): ("search", "metric.accuracy > 0", "--order-by", "metric.accuracy desc"),
+        ("best",): ("best", "accuracy"),  # after score: accuracy is recorded
         ("export",): ("export", ADAPTER_A, out),
         ("diff",): ("diff", ADAPTER_A, ADAPTER_B),
         ("runs",): ("runs", ADAPTER_A),
