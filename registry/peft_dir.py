@@ -45,11 +45,11 @@ FACTOR_PARTS = (
     "hada_t2", "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
     "lokr_t2", "ia3_l", "vera_lambda_b", "vera_lambda_d", "fourierft_spectrum", "oft_R", "hra_u",
     "boft_R", "boft_s", "shira_weight", "shira_indices", "ln_tuning_layers",
-    "miss_block", "c3a_kernel",
+    "miss_block", "c3a_kernel", "vblora_logits_A", "vblora_logits_B",
 )
 # Tensors one adapter shares across modules, saved once at the top level (VeRA's frozen random
 # projections when save_projection is on): not module factors, and not base-model tensors.
-SHARED_KEYS = frozenset({"base_model.vera_A", "base_model.vera_B"})
+SHARED_KEYS = frozenset({"base_model.vera_A", "base_model.vera_B", "base_model.vblora_vector_bank"})
 _FACTOR_RE = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<part>"
     + "|".join(sorted(FACTOR_PARTS, key=len, reverse=True))
@@ -417,6 +417,12 @@ def _check_module(adapter: AdapterDir, method: str, mod: ModuleFactors) -> str |
         block = s("miss_block")
         if block is None or len(block) != 2:
             return "miss_block missing or not a matrix"
+    elif method == "VBLORA":
+        la, lb = s("vblora_logits_A"), s("vblora_logits_B")
+        if la is None or lb is None or len(la) != 3 or len(lb) != 3:
+            return "vblora_logits_A / vblora_logits_B missing (saved with save_only_topk_weights?)"
+        if "base_model.vblora_vector_bank" not in adapter.shared_tensors:
+            return "the vector bank base_model.vblora_vector_bank is missing"
     elif method == "C3A":
         kernel = s("c3a_kernel")
         if kernel is None or len(kernel) != 3:

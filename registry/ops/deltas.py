@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 # Methods whose delta this module computes.
 MERGEABLE_METHODS = frozenset({"LORA", "ADALORA", "LOHA", "LOKR", "IA3", "VERA", "FOURIERFT",
-                               "OFT", "BOFT", "HRA", "SHIRA", "LN_TUNING", "MISS", "C3A"})
+                               "OFT", "BOFT", "HRA", "SHIRA", "LN_TUNING", "MISS", "C3A",
+                               "VBLORA"})
 # Methods whose merge multiplies (W -> W R) or replaces (LN tuning) the base weight, so their
 # change depends on W.
 MULTIPLICATIVE_METHODS = frozenset({"IA3", "OFT", "BOFT", "HRA", "LN_TUNING"})
@@ -195,6 +196,11 @@ def _additive_delta(
         delta = _lokr_delta(adapter, module, factors)
     elif method == "C3A":
         delta = _c3a_delta(factors)
+    elif method == "VBLORA":
+        b, a = _vblora_factors(adapter, factors)
+        delta = b @ a
+        if _fan_in_fan_out(adapter, (b.shape[0], a.shape[1]), shape):
+            delta = delta.T
     elif method in {"VERA", "FOURIERFT", "SHIRA", "MISS"}:
         if shape is None or len(shape) != 2:
             raise UnsupportedMethod(method, "converted without its base",
@@ -347,6 +353,8 @@ def lowrank_delta_factors(
                                     "weight's shape; register the source with --base")
         return _vera_factors(factors, (shape[1], shape[0]) if adapter.fan_in_fan_out
                              else (shape[0], shape[1]))
+    if method == "VBLORA":
+        return _vblora_factors(adapter, factors)
     if method == "ADALORA" and "lora_A" in factors:
         import torch
 
@@ -470,6 +478,26 @@ def _c3a_delta(factors: Mapping[str, torch.Tensor]) -> torch.Tensor:
     x = torch.einsum("...nb,mnb->...mb", ifft(x), fft(w))
     x = fft(x).real.flatten(start_dim=1).T
     return x / (n * b)
+
+
+def _vblora_factors(
+    adapter: AdapterDir, factors: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VB-LoRA: each sub-vector of A and B is the softmax-weighted sum of its top-k vectors from
+    the shared bank (PEFT's vblora Linear._get_lora_matrices). Returns B (out, r), A (r, in)."""
+    import torch
+
+    bank = factors["vblora_vector_bank"].float()
+    topk = int(adapter.config.get("topk", 2))
+
+    def mix(logits: torch.Tensor) -> torch.Tensor:
+        top, idx = logits.float().topk(topk, dim=-1)
+        return (torch.softmax(top, dim=-1).unsqueeze(-1) * bank[idx]).sum(-2)
+
+    logits_a, logits_b = factors["vblora_logits_A"], factors["vblora_logits_B"]
+    a = mix(logits_a).reshape(logits_a.shape[0], -1)
+    b = mix(logits_b).transpose(1, 2).reshape(-1, logits_b.shape[1])
+    return b, a
 
 
 def _fourierft_delta(

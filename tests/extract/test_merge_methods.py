@@ -24,6 +24,7 @@ def _configs() -> dict:
         MissConfig,
         OFTConfig,
         ShiraConfig,
+        VBLoRAConfig,
         VeraConfig,
     )
 
@@ -46,6 +47,8 @@ def _configs() -> dict:
         "miss": MissConfig(r=4, target_modules=TARGETS),
         "miss-mini": MissConfig(r=4, init_weights="mini", mini_r=4, target_modules=TARGETS),
         "c3a": C3AConfig(block_size=16, target_modules=TARGETS),
+        "vblora": VBLoRAConfig(r=4, vector_length=16, num_vectors=32, topk=2,
+                               target_modules=TARGETS),
     }
 
 
@@ -173,3 +176,21 @@ def test_unmergeable_methods_are_refused_by_name(peft_type, reason, tmp_path) ->
               str(tmp_path / "adapter_model.safetensors"))
     with pytest.raises(UnsupportedMethod, match=reason):
         check_mergeable(read_adapter_dir(tmp_path))
+
+
+def test_vblora_converts_exactly(method_adapters, llama_base, tmp_path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from registry.ops.convert import ConvertOptions, convert_to_lora
+    from registry.peft_dir import read_adapter_dir
+    from tests.extract.conftest import peft_deltas
+
+    adapter = method_adapters("vblora", _configs()["vblora"])
+    res = convert_to_lora(read_adapter_dir(adapter), tmp_path / "out", ConvertOptions())
+    assert res.exact and max(m.rank for m in res.modules) <= 4  # r: exact without the base
+    t = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    for module, delta in peft_deltas(llama_base, adapter).items():
+        k = f"base_model.model.{module}"
+        got = t[f"{k}.lora_B.weight"] @ t[f"{k}.lora_A.weight"]
+        assert float(torch.linalg.norm(got - delta) / torch.linalg.norm(delta)) <= 1e-5
