@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -146,9 +145,9 @@ def environment_problem(settings: Settings, error: BaseException) -> RegistryUna
             str(settings.home), f"{error.strerror or error}: {where}",
             "set ADAPT_HOME to a directory you can write to",
         )
-    if type(error).__name__ in ("OperationalError", "InterfaceError") or isinstance(
-        error, sqlite3.Error
-    ):
+    # by name: whichever driver raised it (sqlite3, psycopg, SQLAlchemy's wrappers)
+    if type(error).__name__ in ("OperationalError", "InterfaceError", "DatabaseError") or \
+            type(error).__module__.split(".")[0] == "sqlite3":
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         reason = reason.removeprefix("(sqlite3.OperationalError) ")
         return RegistryUnavailable(

@@ -16,13 +16,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry import __version__
+from registry.blobs import BlobStore, open_blob_store
 from registry.catalog import Catalog
 from registry.catalog import bases as base_rows
 from registry.catalog import blobs as blob_rows
@@ -52,11 +52,8 @@ from registry.records import (
     VersionSummary,
 )
 from registry.refs import Ref, check_name
-from registry.blobs import BlobStore, open_blob_store
 
 if TYPE_CHECKING:
-    from sqlmodel import Session
-
     from registry.fingerprint import ModelFingerprint
     from registry.hub import PullResult, PushResult
     from registry.peft_dir import AdapterDir
@@ -162,12 +159,6 @@ class Registry:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        # Transitional for modules not yet moved onto registry.catalog.
-        with self.catalog.write() as session:
-            yield session
 
     # -- resolving ---------------------------------------------------------------------------
     def resolve(self, ref: str | Ref | VersionInfo) -> VersionInfo:

@@ -46,7 +46,6 @@ def collect_env() -> dict[str, Any]:
     from registry import __version__
     from registry.catalog.stats import registry_counts
     from registry.config import load_settings, redact_url
-    from registry.db.migrations import schema_version
     from registry.errors import AdaptError
     from registry.registry import Registry
 
@@ -62,7 +61,7 @@ def collect_env() -> dict[str, Any]:
     if registry["exists"]:  # never create a registry just to describe it
         try:
             with Registry() as reg:
-                registry["schema_version"] = schema_version(reg.catalog.engine)
+                registry["schema_version"] = reg.catalog.schema_version()
                 registry["counts"] = registry_counts(reg.catalog)
         except AdaptError as error:  # unreachable database: still a useful report
             registry["error"] = str(error)

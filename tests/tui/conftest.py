@@ -45,7 +45,7 @@ def fixed_loras(models_dir: Path, tiny_lora: Path, tiny_lora_r8: Path) -> tuple[
 
 def freeze_times(reg: Registry) -> None:
     """Give every row a fixed time, so screens read the same on every run."""
-    with reg.session() as s:
+    with reg.catalog.write() as s:
         ids = s.execute(select(AdapterVersion.id).order_by(AdapterVersion.id)).scalars().all()
         for i, vid in enumerate(ids):
             s.execute(update(AdapterVersion).where(AdapterVersion.id == vid)
@@ -73,7 +73,7 @@ def populated(registry: Registry, tiny_base: Path, fixed_loras: tuple[Path, Path
         reg.add_score(f"support-lora@{version}", "ppl", ppl, dataset="support-eval")
         reg.add_score(f"support-lora@{version}", "accuracy", acc, dataset="support-eval")
     v2 = reg.resolve("support-lora@2")
-    with reg.session() as s:
+    with reg.catalog.write() as s:
         s.add(ValidationRun(
             version_id=v2.id, device="cpu", status="passed",
             checks={"integrity": {"status": "passed", "summary": "2 files match"},

@@ -346,14 +346,14 @@ async def test_validation_runs_in_a_worker_and_notifies(populated) -> None:
         await settle(pilot)
         assert any(n.title == "Validation finished" for n in app._notifications)
         assert not isinstance(app.screen, JobScreen)
-    with populated.session() as s:
+    with populated.catalog.write() as s:
         runs = s.query(ValidationRun).filter(ValidationRun.status != "running").count()
     assert runs == 2  # the fixture's run and the new one
 
 
 async def test_validation_asks_for_the_base_when_none_is_registered(populated) -> None:
     app = make_app(populated)
-    with populated.session() as s:  # forget where the base lives
+    with populated.catalog.write() as s:  # forget where the base lives
         for row in s.query(BaseModel).all():
             row.path = None
             s.add(row)
