@@ -9,7 +9,6 @@ files, `adapt.json` (the manifest) and a model card. Every call goes through the
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import tempfile
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from registry.manifest import (
     MANIFEST_NAME,
     build_manifest,
     build_model_card,
+    parse_manifest,
     parse_time,
     render_manifest,
 )
@@ -461,7 +461,6 @@ def _download_verified(api: HfApi, repo_id: str, commit: str, path: str, remote:
 def _fetch(api: HfApi, repo_id: str, revision: str, commit: str, tag: str | None,
            remote: dict[str, Any], tmp: Path, on_progress: Progress | None,
            state: dict[str, int]) -> _Fetched:
-    from registry.schemas import validate
 
     where = f"{repo_id}@{revision}"
     if WEIGHTS_NAME not in remote:
@@ -478,8 +477,7 @@ def _fetch(api: HfApi, repo_id: str, revision: str, commit: str, tag: str | None
                                      tmp / f"{commit}.meta" / MANIFEST_NAME,
                                      MAX_SMALL_FILE[MANIFEST_NAME])
         try:
-            manifest = json.loads(path.read_text())
-            validate(manifest, "adapter-manifest")
+            manifest = parse_manifest(path.read_bytes())
         except (ValueError, UsageError) as error:
             raise InvalidAdapter(f"{where}/{MANIFEST_NAME}", str(error)) from None
     out = tmp / commit

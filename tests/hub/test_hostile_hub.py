@@ -88,3 +88,29 @@ def test_a_digest_lie_moves_no_local_tag_and_registers_nothing(
         target.pull("alice/bot", apply_tags=True)
     assert target.resolve("bot:prod").digest == target.resolve("bot@1").digest
     assert [v.ref for v in target.list_versions(all_versions=True)] == ["bot@1"]
+
+
+@pytest.mark.parametrize("lie", ["deep", "nan", "version"])
+def test_a_hostile_manifest_is_refused_in_one_line(
+        hub: HubServer, pushed: Registry, tmp_path: Path, lie: str,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    repo = hub.state.repos["alice/bot"]
+    text = hub.state.git[repo.commits[repo.branches["main"]]["adapt.json"].blob_id].decode()
+    if lie == "deep":
+        text = text.rstrip()[:-1] + ', "recipe": ' + "[" * 20000 + "]" * 20000 + "}"
+    elif lie == "nan":
+        assert '"scores": []' in text
+        text = text.replace('"scores": []', '"scores": [{"metric": "m", "value": NaN}]')
+    else:
+        assert '\n  "version": 1,' in text
+        text = text.replace('\n  "version": 1,', '\n  "version": 1e30,', 1)
+    HfApi().create_commit("alice/bot", [CommitOperationAdd(
+        path_in_repo="adapt.json", path_or_fileobj=text.encode())], commit_message="hostile")
+    Registry(home=tmp_path / "target").close()
+    monkeypatch.setenv("ADAPT_HOME", str(tmp_path / "target"))
+    res = run_adapt(capsys, "pull", "alice/bot")
+    assert res.code == 6, res.err
+    assert len(res.err.strip().splitlines()) == 1 and "internal error" not in res.err
+    assert Registry(home=tmp_path / "target").list_versions(all_versions=True) == []
