@@ -278,8 +278,8 @@ def test_no_color_output_has_no_escape_codes(populated: Path) -> None:
 @pytest.mark.parametrize("args", [
     ("list",), ("list", "--all"), ("show", ADAPTER_A), ("diff", ADAPTER_A, ADAPTER_B),
     ("base", "list"), ("base", "show", BASE_NAME),
-    ("runs", ADAPTER_A), ("env",),
-], ids=lambda a: "-".join(a))
+    ("runs", ADAPTER_A), ("env",), ("search", "rank >= 4"),
+], ids=lambda a: "-".join(a).replace(" ", ""))
 def test_output_fits_80_columns(populated: Path, args: tuple[str, ...]) -> None:
     done = adapt(*args, home=populated)
     assert done.code == 0, done.err
