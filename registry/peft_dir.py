@@ -46,10 +46,12 @@ FACTOR_PARTS = (
     "lokr_t2", "ia3_l", "vera_lambda_b", "vera_lambda_d", "fourierft_spectrum", "oft_R", "hra_u",
     "boft_R", "boft_s", "shira_weight", "shira_indices", "ln_tuning_layers",
     "miss_block", "c3a_kernel", "vblora_logits_A", "vblora_logits_B",
+    "randlora_A", "randlora_B", "randlora_lambda", "randlora_gamma",
 )
-# Tensors one adapter shares across modules, saved once at the top level (VeRA's frozen random
-# projections when save_projection is on): not module factors, and not base-model tensors.
-SHARED_KEYS = frozenset({"base_model.vera_A", "base_model.vera_B", "base_model.vblora_vector_bank"})
+# Tensors one adapter shares across modules, saved once at the top level (VeRA's and RandLoRA's
+# frozen random projections, VB-LoRA's vector bank): not module factors, not base tensors.
+SHARED_KEYS = frozenset({"base_model.vera_A", "base_model.vera_B", "base_model.vblora_vector_bank",
+                         "base_model.randlora_A", "base_model.randlora_B"})
 _FACTOR_RE = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<part>"
     + "|".join(sorted(FACTOR_PARTS, key=len, reverse=True))
@@ -311,7 +313,7 @@ def group_tensors(
     modules: dict[str, ModuleFactors] = {}
     extra: dict[str, TensorInfo] = {}
     for key, info in tensors.items():
-        m = _FACTOR_RE.match(key)
+        m = _FACTOR_RE.match(key) if key not in SHARED_KEYS else None
         if not m:
             extra[strip_prefix(key)] = info
             continue
@@ -423,6 +425,10 @@ def _check_module(adapter: AdapterDir, method: str, mod: ModuleFactors) -> str |
             return "vblora_logits_A / vblora_logits_B missing (saved with save_only_topk_weights?)"
         if "base_model.vblora_vector_bank" not in adapter.shared_tensors:
             return "the vector bank base_model.vblora_vector_bank is missing"
+    elif method == "RANDLORA":
+        parts = ("randlora_A", "randlora_B", "randlora_lambda", "randlora_gamma")
+        if any(s(p) is None for p in parts):
+            return "randlora_A/B/lambda/gamma missing (saved with save_projection=False?)"
     elif method == "C3A":
         kernel = s("c3a_kernel")
         if kernel is None or len(kernel) != 3:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # Methods whose delta this module computes.
 MERGEABLE_METHODS = frozenset({"LORA", "ADALORA", "LOHA", "LOKR", "IA3", "VERA", "FOURIERFT",
                                "OFT", "BOFT", "HRA", "SHIRA", "LN_TUNING", "MISS", "C3A",
-                               "VBLORA"})
+                               "VBLORA", "RANDLORA"})
 # Methods whose merge multiplies (W -> W R) or replaces (LN tuning) the base weight, so their
 # change depends on W.
 MULTIPLICATIVE_METHODS = frozenset({"IA3", "OFT", "BOFT", "HRA", "LN_TUNING"})
@@ -201,7 +201,7 @@ def _additive_delta(
         delta = b @ a
         if _fan_in_fan_out(adapter, (b.shape[0], a.shape[1]), shape):
             delta = delta.T
-    elif method in {"VERA", "FOURIERFT", "SHIRA", "MISS"}:
+    elif method in {"VERA", "FOURIERFT", "SHIRA", "MISS", "RANDLORA"}:
         if shape is None or len(shape) != 2:
             raise UnsupportedMethod(method, "converted without its base",
                                     f"module {module}: the delta's shape comes from the base "
@@ -214,6 +214,9 @@ def _additive_delta(
             delta = _shira_delta(factors, out_in)
         elif method == "MISS":
             delta = _miss_delta(adapter, factors, out_in)
+        elif method == "RANDLORA":
+            b, a = _randlora_factors(adapter, module, factors, out_in)
+            delta = b @ a
         else:
             delta = _fourierft_delta(adapter, factors, out_in)
         return delta.T if adapter.fan_in_fan_out else delta
@@ -498,6 +501,28 @@ def _vblora_factors(
     a = mix(logits_a).reshape(logits_a.shape[0], -1)
     b = mix(logits_b).transpose(1, 2).reshape(-1, logits_b.shape[1])
     return b, a
+
+
+def _randlora_factors(
+    adapter: AdapterDir, module: str, factors: Mapping[str, torch.Tensor],
+    out_in: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RandLoRA: frozen random bases, the smaller one scaled by lambda and gamma, times
+    randlora_alpha / r (PEFT's randlora Linear.get_scaled_bases and get_delta_weight).
+    Returns B (out, k), A (k, in) with the scale folded into B."""
+    out_f, in_f = out_in
+    rand_a, rand_b = factors["randlora_A"].float(), factors["randlora_B"].float()
+    lam, gamma = factors["randlora_lambda"].float(), factors["randlora_gamma"].float()
+    n_bases = int(gamma.shape[0])
+    min_dim, max_dim = min(out_f, in_f), max(out_f, in_f)
+    small = (lam[:, :, None] * rand_a[:, :n_bases, :min_dim] * gamma[None]).flatten(end_dim=1)
+    large = rand_b[:max_dim, :n_bases, :].flatten(start_dim=1)
+    r, alpha = adapter.rank_alpha(module)
+    alpha = float(adapter.config.get("randlora_alpha", alpha))
+    scale = alpha / r
+    if min_dim == in_f:  # the scaled small basis sits on the input side
+        return large * scale, small
+    return small.T * scale, large.T
 
 
 def _fourierft_delta(

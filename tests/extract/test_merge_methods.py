@@ -23,6 +23,7 @@ def _configs() -> dict:
         LNTuningConfig,
         MissConfig,
         OFTConfig,
+        RandLoraConfig,
         ShiraConfig,
         VBLoRAConfig,
         VeraConfig,
@@ -47,6 +48,7 @@ def _configs() -> dict:
         "miss": MissConfig(r=4, target_modules=TARGETS),
         "miss-mini": MissConfig(r=4, init_weights="mini", mini_r=4, target_modules=TARGETS),
         "c3a": C3AConfig(block_size=16, target_modules=TARGETS),
+        "randlora": RandLoraConfig(r=8, randlora_alpha=32, target_modules=TARGETS),
         "vblora": VBLoRAConfig(r=4, vector_length=16, num_vectors=32, topk=2,
                                target_modules=TARGETS),
     }
@@ -159,7 +161,7 @@ def test_base_of_other_shapes_is_refused(name, method_adapters, extract_models) 
     ("POLY", "routes each task"),
     ("CARTRIDGE", "virtual tokens"),
     ("PREFIX_TUNING", "virtual tokens"),
-    ("RANDLORA", "merges"),
+    ("HIRA", "merges"),
 ])
 def test_unmergeable_methods_are_refused_by_name(peft_type, reason, tmp_path) -> None:
     import json
