@@ -96,12 +96,14 @@ def convert(
                                     "(default: NAME-lora)."),
     json_: bool = typer.Option(False, "--json", help="Print JSON for scripts instead of text."),
 ) -> None:
-    """Convert a LoHa, LoKr, AdaLoRA or other additive adapter to a plain LoRA.
+    """Convert a LoHa, LoKr, AdaLoRA, VeRA, VB-LoRA or other additive adapter to a plain LoRA.
 
     Exact where the delta has an exact low-rank form (LoHa: rank <= r^2, LoKr: the product of
-    its factors' ranks), truncated otherwise with the error per module recorded. DoRA, IA3,
-    OFT, BOFT and HRA change W multiplicatively: a LoRA equals them only merged, so they are
-    refused (use `adapt merge`).
+    its factors' ranks, AdaLoRA/VeRA/VB-LoRA: r), truncated otherwise (FourierFT, SHiRA, C3A,
+    MiSS, RandLoRA: give --rank or --energy) with the error per module recorded. DoRA, IA3,
+    OFT, BOFT, HRA and LN tuning change W multiplicatively or replace it: a LoRA equals them
+    only merged, so they are refused (use `adapt merge`). VeRA and the truncated methods take
+    their shapes from the base the version was added with (`adapt add --base`).
 
     Exit codes: 2 bad options or already a LoRA, 3 unknown reference, 7 method not convertible.
 

@@ -4,12 +4,13 @@ Per module, the additive delta is brought to a factored form and re-ranked from 
 - LoHa: (B1 A1) * (B2 A2) is exactly (B1 o B2)(A1 o A2) with Khatri-Rao factors (rank <= r^2);
 - LoKr: kron(w1, w2) has the SVD kron(U1, U2) kron(S1, S2) kron(V1, V2)^T, so its best
   rank-R truncation picks the R largest products s1_i s2_j (no dense matrix);
-- AdaLoRA: B (A * E) with its scale;
-- every other additive method (VeRA, FourierFT, ...): the dense delta, truncated by the same
-  randomized range finder as extraction, with the error measured.
+- AdaLoRA: B (A * E) with its scale; VeRA: its scaled shared projections (rank <= r, sliced to
+  the base's shapes); VB-LoRA: its bank mixtures (rank <= r);
+- every other additive method (FourierFT, SHiRA, C3A, MiSS, RandLoRA): the dense delta,
+  truncated by the same randomized range finder as extraction, with the error measured.
 With neither a rank nor an energy, the numerical rank is kept: exact up to float32 rounding.
-Methods that multiply the base weight (DoRA, IA3, OFT, BOFT, HRA) have no delta without the base
-and are refused: merging them is exact, converting is not.
+Methods that multiply or replace the base weight (DoRA, IA3, OFT, BOFT, HRA, LN tuning) have no
+delta without the base and are refused: merging them is exact, converting is not.
 """
 
 from __future__ import annotations
