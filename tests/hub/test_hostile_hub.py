@@ -104,8 +104,8 @@ def test_a_hostile_manifest_is_refused_in_one_line(
         assert '"scores": []' in text
         text = text.replace('"scores": []', '"scores": [{"metric": "m", "value": NaN}]')
     else:
-        assert '\n  "version": 1,' in text
-        text = text.replace('\n  "version": 1,', '\n  "version": 1e30,', 1)
+        assert '\n  "version": 1\n' in text
+        text = text.replace('\n  "version": 1\n', '\n  "version": 1e30\n', 1)
     HfApi().create_commit("alice/bot", [CommitOperationAdd(
         path_in_repo="adapt.json", path_or_fileobj=text.encode())], commit_message="hostile")
     Registry(home=tmp_path / "target").close()
