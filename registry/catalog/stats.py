@@ -21,11 +21,7 @@ COUNTED_TABLES: dict[str, str] = {
 
 
 def registry_counts(cat: Catalog) -> dict[str, int]:
-    """Rows per kind of record (one read transaction)."""
-    from sqlalchemy import text
-
-    counts: dict[str, int] = {}
-    with cat.read() as s:
-        for label, table in COUNTED_TABLES.items():
-            counts[label] = int(s.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
-    return counts
+    """Rows per kind of record (one read transaction; table names are constants above)."""
+    with cat.tx() as tx:
+        return {label: int(tx.scalar(f"SELECT count(*) FROM {table}") or 0)
+                for label, table in COUNTED_TABLES.items()}
