@@ -271,7 +271,7 @@ def run_conversion(quick: bool) -> list[Row]:
     from registry.ops.convert import convert_to_lora as adapt_convert
     from registry.peft_dir import read_adapter_dir
 
-    dims = CONVERT_QUICK if quick else CONVERT_FULL
+    dims: dict[str, Any] = dict(CONVERT_QUICK if quick else CONVERT_FULL)
     cfg = LlamaConfig(vocab_size=1000, num_attention_heads=8, num_key_value_heads=4,
                       tie_word_embeddings=False, **dims)
     rows: list[Row] = []
@@ -291,8 +291,9 @@ def run_conversion(quick: bool) -> list[Row]:
             model.save_pretrained(src)
             peft_model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tmp / "base"),
                                                    str(src))
+            inner: Any = peft_model.base_model.model
             exact = {n: m.get_delta_weight("default").float()
-                     for n, m in peft_model.base_model.model.named_modules()
+                     for n, m in inner.named_modules()
                      if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
             t = time.perf_counter()
             _, peft_state = convert_to_lora(peft_model, CONVERT_RANK)
