@@ -483,14 +483,33 @@ class Registry:
         source_version_id: int | None = None,
         parent_fingerprint: str | None = None,
         details: dict[str, Any] | None = None,
+        hub_id: str | None = None,
     ) -> BaseInfo:
-        """Record a checkpoint by fingerprint (idempotent; a new name or path updates it)."""
+        """Record a checkpoint by fingerprint (idempotent; a new name or path updates it).
+
+        hub_id: its Hugging Face Hub id (ORG/NAME), kept in `details["hub_id"]` and published as
+            the card's `base_model`.
+        """
         if name is not None:
             check_name(name, "base name")
+        if hub_id is not None:
+            from registry.manifest import is_hub_id
+
+            if not is_hub_id(hub_id):
+                raise UsageError(f"--hub-id {hub_id!r} is not a Hub id", "use ORG/NAME")
+            known = self.find_base_by_path(model_dir)
+            details = {**((known.details or {}) if known else {}), **(details or {}),
+                       "hub_id": hub_id}
         fp = self.fingerprint(model_dir)
         return base_rows.record(self.catalog, fp, name=name, kind=kind,
                                 source_version_id=source_version_id,
                                 parent_fingerprint=parent_fingerprint, details=details)
+
+    def find_base_by_path(self, model_dir: str | Path) -> BaseInfo | None:
+        """The registered model whose recorded path is `model_dir`, if any."""
+        where = str(Path(model_dir).resolve())
+        return next((b for b in self.list_bases() if b.path and
+                     str(Path(b.path).resolve()) == where), None)
 
     def find_base(self, key: str) -> BaseInfo | None:
         """A registered model by exact fingerprint, fingerprint prefix, or name."""

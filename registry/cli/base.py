@@ -54,15 +54,19 @@ def fingerprint(
 def add(
     path: Path = typer.Argument(..., help="A safetensors checkpoint directory."),
     name: str | None = typer.Option(None, "--name", "-n", help="A name for it, e.g. llama-3-8b."),
+    hub_id: str | None = typer.Option(None, "--hub-id", help="Its Hugging Face Hub id "
+                                      "(ORG/NAME), published as the card's base_model by "
+                                      "`adapt push` (default: config.json's _name_or_path "
+                                      "when that is a Hub id)."),
     json_: bool = JSON,
 ) -> None:
     """Register a base model by fingerprint.
 
     Example:
 
-      adapt base add ./models/smollm2 --name smollm2-135m
+      adapt base add ./models/smollm2 --name smollm2-135m --hub-id HuggingFaceTB/SmolLM2-135M
     """
-    info = open_registry().add_base(path, name=name)
+    info = open_registry().add_base(path, name=name, hub_id=hub_id)
     if json_:
         print_json(info.to_dict())
         return

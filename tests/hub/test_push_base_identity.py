@@ -96,3 +96,20 @@ def test_pull_records_the_hub_commit_as_source(hub: HubServer, tmp_path: Path,
     assert target.show("bot@1")["source"] == f"hf://alice/bot@{commit}"
     target.close()
     reg.close()
+
+
+def test_base_add_hub_id_names_a_base_whose_config_does_not(
+        hub: HubServer, tmp_path: Path, tiny_lora: Path, tiny_base: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.cli import run_adapt
+
+    monkeypatch.setenv("ADAPT_HOME", str(tmp_path / "home"))
+    Registry(home=tmp_path / "home").close()
+    res = run_adapt(capsys, "base", "add", tiny_base, "--name", "tiny", "--hub-id", "org/tiny")
+    assert res.code == 0, res.err
+    assert run_adapt(capsys, "base", "add", tiny_base, "--hub-id", "not a hub id").code == 2
+    reg = Registry(home=tmp_path / "home")
+    reg.add(tiny_lora, name="bot", base="tiny")
+    reg.push("bot@1")
+    meta = _front_matter(_published(hub, "alice/bot", "v1")["README.md"].decode())
+    assert meta["base_model"] == "org/tiny"
