@@ -183,7 +183,8 @@ def test_adapt_debug_shows_the_traceback_of_an_adapt_error(tmp_path: Path) -> No
 # Commands whose --json needs a Hub server or minutes of compute: their own test modules parse it
 # (tests/hub, tests/merge, tests/quantize, tests/compose, tests/validate, tests/demo, ...).
 JSON_ELSEWHERE = {("push",), ("pull",), ("remote", "status"), ("merge",), ("requantize",),
-                  ("compose",), ("validate",), ("demo",), ("extract",), ("convert",)}
+                  ("compose",), ("validate",), ("demo",), ("extract",), ("convert",),
+                  ("init",), ("cache", "ls"), ("cache", "prune"), ("blobs", "migrate")}  # team/
 # Commands whose exit status is a verdict (1: a rule or gate failed) even when all went well.
 VERDICTS = {("check",), ("fsck",)}
 
@@ -379,3 +380,59 @@ def test_bitsandbytes_kernel_notice_is_hidden_unless_adapt_debug(tmp_path: Path)
     if notice not in debug_err:
         pytest.skip("this machine's bitsandbytes prints no kernel notice")
     assert notice not in stderr_of(False)
+
+
+# -- table fitting (the helpers every table goes through) ---------------------------------------
+def test_fit_table_shortens_then_leaves_out_but_never_cuts_the_key_column() -> None:
+    from registry.cli.output import fit_table
+
+    rows = [["an-adapter-with-a-really-long-name@12", "LORA", "a-very-long-base-model-name-v2",
+             "production,staging", "2026-12-02 19:40"],
+            ["short@1", "DORA", "other-base", "-", "2026-12-01 08:00"]]
+    headers = ["REF", "METHOD", "BASE", "TAGS", "CREATED"]
+    wide = fit_table(headers, rows, shrink=(2, 3), optional=(4,), width=200)
+    assert "a-very-long-base-model-name-v2" in wide and "CREATED" in wide
+    for width in (80, 70, 66):  # 65: the key column and the shortest others
+        text = fit_table(headers, rows, shrink=(2, 3), optional=(4,), width=width)
+        assert max(map(len, text.splitlines())) <= width, (width, text)
+        assert "an-adapter-with-a-really-long-name@12" in text and "short@1" in text
+    narrow = fit_table(headers, rows, shrink=(2, 3), optional=(4,), width=66)
+    assert "CREATED" not in narrow and "…" in narrow
+    base_cell = narrow.splitlines()[1].split()[2]
+    assert base_cell.startswith("a-v") and base_cell.endswith("-v2")  # start and end kept
+
+
+def test_common_prefix_is_dropped_and_the_distinguishing_tail_kept() -> None:
+    from registry.cli.output import shorten_common_prefix
+
+    names = ["base_model.model.model.layers.0.self_attn.q_proj",
+             "base_model.model.model.layers.0.self_attn.v_proj",
+             "base_model.model.model.layers.11.mlp.down_proj"]
+    prefix, short = shorten_common_prefix(names)
+    assert prefix == "base_model.model.model.layers."
+    assert short == ["0.self_attn.q_proj", "0.self_attn.v_proj", "11.mlp.down_proj"]
+    assert shorten_common_prefix(["a.q_proj", "a.q_proj"]) == ("a.", ["q_proj", "q_proj"])
+    assert shorten_common_prefix(["only.one"]) == ("", ["only.one"])
+
+
+# -- reproducible installs ----------------------------------------------------------------------
+def test_installs_use_the_tested_constraints_and_ci_guards_against_drift() -> None:
+    root = Path(__file__).resolve().parents[2]
+    pins = {name.lower().replace("_", "-"): version for name, version in (
+        line.split("==", 1) for line in (root / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#"))}
+    assert pins["torch"] == "2.13.0"  # the public release, not this machine's +cpu build
+    # Every direct dependency is pinned (versions are not compared: this module also runs on
+    # the newest releases in CI's drift step).
+    for package in ("typer", "click", "rich", "transformers", "peft", "bitsandbytes",
+                    "sqlalchemy", "sqlmodel", "textual", "huggingface-hub", "safetensors"):
+        assert package in pins, package
+    assert "adapt" not in pins
+    readme = (root / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, flags=re.S)[:2]
+    for block in blocks:
+        assert block.count("-c constraints.txt") == 2, block
+    assert "export ADAPT_HOME=" in blocks[0]
+    ci = (root / ".ci" / "run").read_text()
+    assert ".venv-latest/bin/python -m pytest tests/contract" in ci
+    assert "DEPENDENCY DRIFT" in ci
