@@ -137,6 +137,7 @@ class VersionDetail(Record):
     source: str | None
     note: str | None
     created_at: datetime
+    new_heads: list[str] = field(default_factory=list)  # saved modules its base lacks
 
 
 @dataclass(frozen=True)

@@ -214,9 +214,13 @@ class Registry:
             if not allow_nonfinite:
                 check_finite_fast(adapter)
             name = check_name(name) if name else derive_name(path)
+            compat: dict[str, Any] | None = None
             if base is not None:
                 base_dir = self._base_dir(base)
-                check_compatible(adapter, open_checkpoint(base_dir))
+                fit = check_compatible(adapter, open_checkpoint(base_dir))
+                if fit.new_heads or fit.renamed or fit.fused:
+                    compat = {"new_heads": sorted(fit.new_heads), "renamed": len(fit.renamed),
+                              "fused": sorted(fit.fused)}
                 base_fingerprint = self.add_base(base_dir).fingerprint
             _crash_point("before_blobs")
             files = tuple(self._put(adapter.path / f) for f in VERSION_FILES)
@@ -232,7 +236,7 @@ class Registry:
                 base_model=adapter.base_model, base_fingerprint=base_fingerprint,
                 params=adapter.params, dtype=adapter.dtype,
                 source=source or str(path.resolve()), recipe=recipe, config=adapter.config,
-                note=note, files=files,
+                note=note, files=files, compat=compat,
             )
 
             def ensure_blob(f: FileInfo) -> None:

@@ -7,4 +7,5 @@ MIGRATION_NAMES: tuple[str, ...] = (
     "001_initial",
     "002_version_listing_index",
     "003_lifecycle",
+    "004_version_compat",
 )

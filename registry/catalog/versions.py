@@ -141,6 +141,7 @@ class NewVersion:
     config: dict[str, Any] | None
     note: str | None
     files: tuple[FileInfo, ...]
+    compat: dict[str, Any] | None = None
 
 
 def insert_version(
@@ -181,11 +182,11 @@ def insert_version(
             "INSERT INTO adapter_version (adapter_id, version, manifest_digest, peft_type, "
             "method, rank, alpha, use_rslora, rank_pattern, alpha_pattern, target_modules, "
             "modules_to_save, task_type, base_model, base_fingerprint, params, size_bytes, "
-            "dtype, source, recipe, config, note, created_at) VALUES (:adapter_id, :version, "
-            ":digest, :peft_type, :method, :rank, :alpha, :use_rslora, :rank_pattern, "
+            "dtype, source, recipe, config, note, created_at, compat) VALUES (:adapter_id, "
+            ":version, :digest, :peft_type, :method, :rank, :alpha, :use_rslora, :rank_pattern, "
             ":alpha_pattern, :target_modules, :modules_to_save, :task_type, :base_model, "
             ":base_fingerprint, :params, :size_bytes, :dtype, :source, :recipe, :config, :note, "
-            ":created_at) RETURNING id",
+            ":created_at, :compat) RETURNING id",
             adapter_id=adapter_id, version=version, digest=new.digest,
             peft_type=new.peft_type, method=new.method, rank=new.rank, alpha=new.alpha,
             use_rslora=bool(new.use_rslora), rank_pattern=tx.json_in(new.rank_pattern or None),
@@ -195,7 +196,7 @@ def insert_version(
             base_model=new.base_model, base_fingerprint=new.base_fingerprint, params=new.params,
             size_bytes=sum(f.size for f in new.files), dtype=new.dtype, source=new.source,
             recipe=tx.json_in(new.recipe), config=tx.json_in(new.config), note=new.note,
-            created_at=now,
+            created_at=now, compat=tx.json_in(new.compat),
         )
         for f in new.files:
             ensure_blob(f)
@@ -564,6 +565,7 @@ def detail(cat: Catalog, ref: str | VersionInfo) -> VersionDetail:
                 "SELECT id, status, device, base_fingerprint, started_at, finished_at "
                 "FROM validation_run WHERE version_id = :v ORDER BY id", v=vid)
         ]
+        compat = json_out(tx.scalar("SELECT compat FROM adapter_version WHERE id = :v", v=vid))
         hub = [
             {"repo": repo, "commit": commit, "tag": t, "direction": d, "at": time_out(at)}
             for repo, commit, t, d, at in tx.all(
@@ -580,7 +582,8 @@ def detail(cat: Catalog, ref: str | VersionInfo) -> VersionDetail:
         size_bytes=info.size_bytes, dtype=info.dtype, tags=tags,
         files=[asdict(f) for f in info.files], parents=parents, children=children,
         scores=scores, validation_runs=runs, hub=hub, recipe=info.recipe, source=info.source,
-        note=info.note, created_at=info.created_at,
+        note=info.note, created_at=info.created_at, new_heads=list((compat or {}).get(
+            "new_heads", [])),
     )
 
 

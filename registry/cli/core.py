@@ -169,6 +169,8 @@ def show(
     for k in ("rank_pattern", "alpha_pattern"):
         if data[k]:
             t.add_row(k, Text(printable(", ".join(f"{p}={r}" for p, r in data[k].items()))))
+    if data["new_heads"]:  # modules_to_save the base checkpoint lacks (a task head)
+        t.add_row("new head", Text(printable(", ".join(data["new_heads"]))))
     console.print(t)
     if data["files"]:
         console.print("\n[bold]files[/bold]")
@@ -179,7 +181,9 @@ def show(
         console.print("\n[bold]parents[/bold]")
         for p in data["parents"]:
             w = "" if p["weight"] is None else f" x{p['weight']:g}"
-            console.print(printable(f"  {p['ref']}{w} ({p['role']})"), markup=False)
+            state = {"deleted": " [deleted]", "remote": " [remote: `adapt pull` it]",
+                     "unknown": " [not in this registry]"}.get(p.get("state", "local"), "")
+            console.print(printable(f"  {p['ref']}{w} ({p['role']}){state}"), markup=False)
     if data["scores"]:
         console.print("\n[bold]scores[/bold]")
         for sc in data["scores"]:

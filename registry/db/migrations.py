@@ -62,10 +62,17 @@ def m003_lifecycle(conn: Connection) -> None:
                       "(parent_digest)"))
 
 
+def m004_version_compat(conn: Connection) -> None:
+    """How a version fits its base (new heads, renamed modules), shown by `adapt show`."""
+    if "compat" not in {c["name"] for c in inspect(conn).get_columns("adapter_version")}:
+        conn.execute(text("ALTER TABLE adapter_version ADD COLUMN compat JSON"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", m001_initial),
     ("002_version_listing_index", m002_version_listing_index),
     ("003_lifecycle", m003_lifecycle),
+    ("004_version_compat", m004_version_compat),
 ]
 
 

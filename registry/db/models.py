@@ -58,6 +58,7 @@ class AdapterVersion(SQLModel, table=True):
     recipe: dict[str, Any] | None = _json()
     config: dict[str, Any] | None = _json()
     note: str | None = None
+    compat: dict[str, Any] | None = _json()  # new heads, renamed modules (fit to its base)
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -159,6 +159,9 @@ def test_cli_adds_seqcls_adapter_on_headless_base_and_merges_it(
     layout = build_layout("bert-seqcls")
     added = run_adapt(capsys, "add", layout.adapter, "--base", layout.base, "--name", "cls")
     assert added.code == 0, added.err  # was exit 5: "bert.encoder... is not in the base model"
+    shown = run_adapt(capsys, "show", "cls", "--json")
+    assert json.loads(shown.out)["new_heads"] == ["classifier"]
+    assert "new head" in run_adapt(capsys, "show", "cls").out
     out = tmp_path / "merged"
     merged = run_adapt(capsys, "merge", "cls", "--base", layout.base, "--out", out)
     assert merged.code == 0, merged.err
