@@ -35,7 +35,7 @@ def source_reg(tmp_path: Path, tiny_lora: Path, tiny_lora_r8: Path, tiny_base: P
     from registry.db.models import ValidationRun
 
     v1 = reg.add(tiny_lora, name="bot", base=tiny_base, tags=["prod"], note="first").version
-    with reg.session() as s:  # a finished validation run, as `adapt validate` records one
+    with reg.catalog.write() as s:  # a finished validation run, as `adapt validate` records one
         run = ValidationRun(version_id=v1.id, base_fingerprint=v1.base_fingerprint,
                             status="passed", figures={"ppl": 12.5}, gates=[])
         s.add(run)
