@@ -27,6 +27,7 @@ from registry.cli import (
     merge,
     quantize,
     ship,
+    team,
     tui,
     validate,
 )
@@ -76,7 +77,7 @@ def _root(
 
 
 for module in (core, base, merge, compose, quantize, validate, hub, tui, demo, env, ship,
-               extract_commands, lifecycle):
+               extract_commands, lifecycle, team):
     module.register(app)
 
 

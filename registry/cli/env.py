@@ -56,6 +56,8 @@ def collect_env() -> dict[str, Any]:
         "database": redact_url(settings.db_url),
         # a remote store (s3://...) where one is configured, else the local directory
         "blob_store": redact_url(getattr(settings, "blob_url", None) or str(settings.blob_dir)),
+        "blob_backend": "s3" if (settings.blob_url or "").startswith("s3://") else "local",
+        "config_file": _config_file(settings.home),
         "exists": settings.home.exists() if db_file is None else db_file.exists(),
     }
     if registry["exists"]:  # never create a registry just to describe it
@@ -75,6 +77,14 @@ def collect_env() -> dict[str, Any]:
         "device": _device(),
         "packages": packages,
     }
+
+
+def _config_file(home: Any) -> str | None:
+    """ADAPT_HOME/config.toml (written by `adapt init`) if there is one."""
+    from registry.config import CONFIG_NAME
+
+    path = home / CONFIG_NAME
+    return str(path) if path.is_file() else None
 
 
 def _device() -> dict[str, Any]:
@@ -113,7 +123,8 @@ def env(
         ("platform", data["platform"]),
         ("ADAPT_HOME", reg["home"] + ("" if reg["exists"] else " (no registry yet)")),
         ("database", reg["database"]),
-        ("blob store", reg["blob_store"]),
+        ("blob store", f"{reg['blob_store']} ({reg['blob_backend']})"),
+        ("config file", reg["config_file"] or "-"),
     ]
     if "schema_version" in reg:
         rows.append(("schema", reg["schema_version"] or "-"))
