@@ -220,3 +220,34 @@ class FsckReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
+
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    """What `adapt rm --dry-run` reports."""
+
+    ref: str
+    digest: str
+    files: list[str]
+    blockers: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """A version found by `search`/`best`, with the metric values it was judged on."""
+
+    ref: str
+    name: str
+    version: int
+    method: str
+    base: str | None
+    tags: list[str]
+    metrics: dict[str, float]
+    created: str
+    higher_is_better: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

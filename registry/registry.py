@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from registry.catalog import Catalog
 from registry.catalog import bases as base_rows
 from registry.catalog import blobs as blob_rows
 from registry.catalog import hub as hub_rows
+from registry.catalog import scores as score_rows
 from registry.catalog import versions as version_rows
 from registry.catalog.hub import HubLinkRecord, ImportedHistory
 from registry.config import Settings, environment_problem, load_settings
@@ -34,10 +35,10 @@ from registry.errors import (
     AlreadyExists,
     IntegrityError,
     InvalidAdapter,
-    NonFiniteTensor,
     NotFound,
     UsageError,
 )
+from registry.integrity import check_finite_fast, checkout_problems
 from registry.records import (
     AddResult,
     BaseChoice,
@@ -46,7 +47,9 @@ from registry.records import (
     FsckReport,
     GcReport,
     ParentLink,
+    RemovalPlan,
     ScoreSeries,
+    SearchHit,
     VersionDetail,
     VersionInfo,
     VersionSummary,
@@ -57,74 +60,6 @@ if TYPE_CHECKING:
     from registry.fingerprint import ModelFingerprint
     from registry.hub import PullResult, PushResult
     from registry.peft_dir import AdapterDir
-
-@dataclass(frozen=True)
-class RemovalPlan:
-    """What `adapt rm --dry-run` reports."""
-
-    ref: str
-    digest: str
-    files: list[str]
-    blockers: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """A version found by `search`/`best`, with the metric values it was judged on."""
-
-    ref: str
-    name: str
-    version: int
-    method: str
-    base: str | None
-    tags: list[str]
-    metrics: dict[str, float]
-    created: str
-    higher_is_better: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _search(reg: Registry, node: Any, metrics: set[str], order_field: str, descending: bool,
-            dataset: str | None, base: str | None, limit: int | None) -> list[SearchHit]:
-    from registry.catalog.versions import scored_versions
-    from registry.search import matches
-
-    fps = None
-    if base is not None:
-        found = reg.find_base(base)
-        fps = [found.fingerprint] if found else [base]
-    rows = scored_versions(reg.catalog, metrics=metrics, dataset=dataset, base_fingerprints=fps)
-    if base is not None:
-        rows = [r for r in rows if r.base_fingerprint in (fps or [])
-                or r.fields["base_model"] == base]
-    hits = [r for r in rows if matches(node, r.fields, r.tags, r.metrics)]
-
-    def key(r: Any) -> tuple[int, Any]:
-        if order_field.startswith("metric."):
-            value = r.metrics.get(order_field[len("metric."):])
-            return (0, value) if value is not None else (1, 0.0)
-        value = r.fields.get(order_field)
-        return (0, value) if value is not None else (1, "")
-
-    present = sorted((r for r in hits if key(r)[0] == 0), key=lambda r: key(r)[1],
-                     reverse=descending)
-    ordered = present + [r for r in hits if key(r)[0] == 1]  # missing values last
-    if limit is not None:
-        ordered = ordered[:limit]
-    one_metric = next(iter(metrics)) if len(metrics) == 1 else None
-    return [
-        SearchHit(ref=r.fields["ref"], name=r.fields["name"], version=r.fields["version"],
-                  method=r.fields["method"], base=r.fields["base"], tags=sorted(r.tags),
-                  metrics=r.metrics, created=r.fields["created"],
-                  higher_is_better=r.directions.get(one_metric) if one_metric else None)
-        for r in ordered
-    ]
-
 
 # Files that make up a version. README/model cards are presentation, not content: a version's
 # identity is its config and weights, so a Hub round trip keeps the same digest.
@@ -326,7 +261,7 @@ class Registry:
         if isinstance(value, bool) or not isinstance(value, int | float) \
                 or not math.isfinite(value):
             raise UsageError(f"a score value must be a finite number, not {value!r}")
-        return version_rows.add_score(
+        return score_rows.add_score(
             self.catalog, ref, metric, float(value), dataset=dataset,
             base_fingerprint=base_fingerprint, run_id=run_id,
             higher_is_better=higher_is_better, quantization=quantization, append=append)
@@ -350,6 +285,7 @@ class Registry:
                dataset: str | None = None, base: str | None = None,
                limit: int | None = None) -> list[SearchHit]:
         """Versions matching a filter string (see registry.search), ordered."""
+        from registry.flows.search import search_versions
         from registry.search import metric_names, parse_filter, parse_order
 
         node = parse_filter(filter_text)
@@ -357,7 +293,7 @@ class Registry:
         metrics = metric_names(node)
         if order_field.startswith("metric."):
             metrics.add(order_field[len("metric."):])
-        return _search(self, node, metrics, order_field, descending, dataset, base, limit)
+        return search_versions(self, node, metrics, order_field, descending, dataset, base, limit)
 
     def best(self, metric: str, *, dataset: str | None = None,
              base: str | None = None) -> SearchHit:
@@ -403,7 +339,7 @@ class Registry:
         root = self.settings.cache_dir / "checkouts"
         target = root / info.digest.split(":", 1)[-1][:32]
         if target.is_dir():
-            if not _checkout_problems(target, info.files):
+            if not checkout_problems(target, info.files):
                 return target
             # an edited or truncated cache copy is never used: copy it again from the blobs
             shutil.rmtree(target, ignore_errors=True)
@@ -466,7 +402,7 @@ class Registry:
     def score_series(self, name: str) -> list[ScoreSeries]:
         """Every score of adapter `name`, per metric and dataset, by version (latest wins)."""
         series: dict[tuple[str, str | None], dict[int, float]] = {}
-        for metric, dataset, version, value in version_rows.score_series(self.catalog, name):
+        for metric, dataset, version, value in score_rows.score_series(self.catalog, name):
             series.setdefault((metric, dataset), {})[version] = value
         return [ScoreSeries(metric, dataset, values) for (metric, dataset), values in
                 sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))]
@@ -578,7 +514,7 @@ class Registry:
                 info = version_rows.by_digest_prefix(self.catalog, folder.name)
                 if info is None:
                     continue  # a deleted version's copy: harmless
-                for problem in _checkout_problems(folder, info.files):
+                for problem in checkout_problems(folder, info.files):
                     report.problems.append(
                         f"checkout cache {folder.name[:12]}: {problem} (the next use copies "
                         "it again from the blob store)")
@@ -798,49 +734,6 @@ def derive_name(path: Path) -> str:
     name = re.sub(r"[^a-z0-9._-]+", "-", raw).strip("-._")
     name = re.sub(r"\.{2,}", ".", name)
     return check_name(name or "adapter")
-
-
-def check_finite_fast(adapter: AdapterDir) -> None:
-    """Refuse NaN/Inf in floating tensors, reading raw bytes with numpy (no torch import)."""
-    import numpy as np
-
-    views = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
-    with open(adapter.weights_path, "rb") as f:
-        for name, t in adapter.header.tensors.items():
-            if t.dtype not in views and t.dtype != "BF16":
-                continue
-            f.seek(t.start)
-            raw = f.read(t.nbytes)
-            if t.dtype == "BF16":
-                # bfloat16 is the top half of a float32
-                arr = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-            else:
-                arr = np.frombuffer(raw, dtype=np.dtype(views[t.dtype]).newbyteorder("<"))
-            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-            if bad:
-                raise NonFiniteTensor(adapter.path, name, bad)
-
-
-def _checkout_problems(folder: Path, files: Sequence[FileInfo]) -> list[str]:
-    """What differs between a checkout folder and the files it should hold (size, sha256)."""
-    import hashlib
-
-    problems = []
-    for f in files:
-        path = folder / f.path
-        if not path.is_file() or path.is_symlink():
-            problems.append(f"{f.path} is missing")
-            continue
-        if path.stat().st_size != f.size:
-            problems.append(f"{f.path} has {path.stat().st_size} bytes, not {f.size}")
-            continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != f.sha256:
-            problems.append(f"{f.path} was changed")
-    return problems
 
 
 def _crash_point(name: str) -> None:
