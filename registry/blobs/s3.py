@@ -152,7 +152,11 @@ class S3BlobStore:
         sums = _hash_for_upload(Path(src))
         if expected_sha256 is not None and sums.sha256 != expected_sha256:
             raise IntegrityError(str(src), expected_sha256, sums.sha256)
-        if self.has(sums.sha256):  # content-addressed: the same name is the same bytes
+        head = self._head(sums.sha256)
+        # content-addressed: the same name is the same bytes, unless a server that writes in
+        # place kept a cut upload (then its size is wrong and it is sent again)
+        if head is not None and int(head["ContentLength"]) == sums.size:
+            self._sizes[sums.sha256] = sums.size
             return sums.sha256, sums.size
         key = self.key(sums.sha256)
         if sums.size <= MULTIPART_THRESHOLD:
