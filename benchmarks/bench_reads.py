@@ -24,7 +24,7 @@ COMMANDS: list[tuple[str, list[str]]] = [
 ]
 
 
-def _decorate(home: Path) -> None:
+def _decorate(home: Path, versions: int) -> None:
     """A base row, scores and a validation run, so show/runs/base list have work to do."""
     from sqlalchemy import insert
 
@@ -40,7 +40,7 @@ def _decorate(home: Path) -> None:
             for i in range(50)])
         conn.execute(insert(EvalScore), [
             {"version_id": v, "metric": "accuracy", "value": v / 1e5, "created_at": now}
-            for v in range(1, 20_001)])
+            for v in range(1, min(versions, 20_000) + 1)])
         conn.execute(insert(ValidationRun), [
             {"version_id": 427, "status": "passed", "device": "cpu", "started_at": now,
              "figures": {"loss": 1.0}, "gates": [], "checks": {}}
@@ -53,7 +53,7 @@ def bench_reads(versions: int) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         populate(home, versions)
-        _decorate(home)
+        _decorate(home, versions)
         env = {**os.environ, "ADAPT_HOME": str(home)}
         adapt = [sys.executable, "-m", "registry.cli"]
         python = _wall([sys.executable, "-c", "pass"], env)

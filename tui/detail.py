@@ -187,7 +187,7 @@ class DetailScreen(VersionScreen):
         table.clear(columns=True)
         table.add_columns("field", "value")
         for key, value in self.data.items():
-            if key in OVERVIEW_SKIP:
+            if key in OVERVIEW_SKIP or (key == "new_heads" and not value):
                 continue
             table.add_row(Text(key, style="bold"), fmt_value(value))
         counts = (f"{len(self.data[k])} {k.replace('_', ' ')}" for k in OVERVIEW_SKIP)

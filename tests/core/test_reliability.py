@@ -40,6 +40,10 @@ def eight_loras(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> li
 def test_eight_concurrent_adds_give_eight_versions(eight_loras: list[Path],
                                                    adapt_home: Path) -> None:
     jobs = [(str(p), f"lora-{i}", str(adapt_home)) for i, p in enumerate(eight_loras)]
+    # an existing registry: the first command in a new one says where it created it
+    from registry import Registry
+
+    Registry(home=adapt_home).close()
     with get_context("spawn").Pool(8) as pool:
         results = pool.map(_add_in_process, jobs)
     assert [code for code, _ in results] == [0] * 8, [err for _, err in results]
