@@ -20,6 +20,7 @@ def adapt_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "adapt-home"
     monkeypatch.setenv("ADAPT_HOME", str(home))
     monkeypatch.delenv("ADAPT_DB_URL", raising=False)
+    monkeypatch.delenv("ADAPT_BLOB_URL", raising=False)  # never the developer's bucket
     return home
 
 

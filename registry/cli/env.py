@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import sys
-from importlib import metadata
 from typing import Any
 
 import typer
@@ -24,6 +23,8 @@ def register(app: typer.Typer) -> None:
 
 def package_version(name: str) -> str | None:
     """The installed distribution's version (no import), or None when it is not installed."""
+    from importlib import metadata  # only `env` and `--version` need it: keep start-up light
+
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
