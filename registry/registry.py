@@ -601,12 +601,14 @@ class Registry:
         *,
         name: str,
         on_progress: Progress | None = None,
+        convert: bool = False,
     ) -> AddResult:
         """Compose (reference, weight) LoRA versions into a new version `name`, with lineage and
-        recipe (`adapt compose`)."""
+        recipe (`adapt compose`); `convert` first turns LoHa/LoKr/VeRA/... inputs into LoRAs."""
         from registry.flows.compose import compose_versions
 
-        return compose_versions(self, inputs, options, name=name, on_progress=on_progress)
+        return compose_versions(self, inputs, options, name=name, on_progress=on_progress,
+                                convert=convert)
 
     def diff(self, ref_a: str, ref_b: str) -> DiffReport:
         """Compare two LoRA versions module by module (`adapt diff`)."""

@@ -69,6 +69,10 @@ def compose(
     name: str | None = typer.Option(None, "--name", "-n", help="Adapter name for the result."),
     recipe: Path | None = typer.Option(None, "--recipe", "-f", help="A YAML recipe with inputs, "
                                        "method, rank, density, seed and name."),
+    convert: bool = typer.Option(False, "--convert", help="Convert LoHa, LoKr, VeRA, AdaLoRA "
+                                 "and other additive inputs to LoRA first (exact where the "
+                                 "delta's factors allow); each conversion's error is recorded "
+                                 "in the recipe and lineage."),
     json_: bool = typer.Option(False, "--json", help="Print JSON for scripts instead of text."),
 ) -> None:
     """Compose LoRA versions into a new registered version with its lineage.
@@ -79,7 +83,7 @@ def compose(
     algorithms on dense per-module deltas and re-factor to --rank.
 
     Exit codes: 2 bad arguments or recipe, 3 unknown reference, 7 input cannot be composed
-    (DoRA, IA3, LoHa, LoKr).
+    (DoRA, IA3; LoHa, LoKr and other additive methods unless --convert).
 
     Examples:
 
@@ -112,7 +116,7 @@ def compose(
     try:
         with progress_bar(f"composing ({method})", None, unit="modules",
                           enabled=not json_ and err_console.is_terminal) as update:
-            res = reg.compose(pairs, options, name=name, on_progress=update)
+            res = reg.compose(pairs, options, name=name, on_progress=update, convert=convert)
         shown = reg.show(res.version)
     finally:
         reg.close()

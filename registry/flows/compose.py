@@ -24,10 +24,14 @@ def compose_versions(
     *,
     name: str,
     on_progress: Callable[[int, int | None], None] | None = None,
+    convert: bool = False,
 ) -> AddResult:
     """Compose registered versions and register the result with its lineage and recipe.
 
     inputs: (reference, weight) pairs.
+    convert: turn non-LoRA inputs (LoHa, LoKr, VeRA, AdaLoRA, ...) into LoRAs first
+        (`adapt convert`'s exact path where the delta has one), recording each conversion's
+        error in the recipe and lineage.
     Raises UsageError when inputs were recorded against different base models.
     """
     from registry import __version__
@@ -41,22 +45,38 @@ def compose_versions(
             + ", ".join(f"{i.ref}={(i.base_fingerprint or '?')[:12]}" for i in infos),
             "compose adapters of the same base",
         )
-    adapters = [read_adapter_dir(reg.checkout(i)) for i in infos]
     weights = [float(w) for _, w in inputs]
     with tempfile.TemporaryDirectory(prefix="adapt-compose-") as tmp:
+        adapters = [read_adapter_dir(reg.checkout(i)) for i in infos]
+        conversions: list[dict[str, object] | None] = [None] * len(adapters)
+        if convert:
+            from registry.flows.extract import _base_shapes
+            from registry.ops.convert import ConvertOptions, convert_to_lora
+
+            for k, (info, adapter) in enumerate(zip(infos, adapters, strict=True)):
+                if adapter.method == "LORA":
+                    continue
+                converted = convert_to_lora(adapter, Path(tmp) / f"converted-{k}",
+                                            ConvertOptions(),
+                                            base_shapes=_base_shapes(reg, info))
+                adapters[k] = read_adapter_dir(converted.out_dir)
+                conversions[k] = {"from": info.method, "exact": converted.exact,
+                                  "max_rel_error": converted.max_rel_error}
         out = Path(tmp) / name
         compose_lora(adapters, weights, options, out_dir=out, on_progress=on_progress)
         recipe = {
             "method": options.method,
-            "inputs": [{"ref": i.ref, "weight": w, "digest": i.digest}
-                       for i, w in zip(infos, weights, strict=True)],
+            "inputs": [{"ref": i.ref, "weight": w, "digest": i.digest,
+                        **({"converted": c} if c else {})}
+                       for i, w, c in zip(infos, weights, conversions, strict=True)],
             "rank": options.rank,
             "density": options.density,
             "seed": options.recorded_seed,
             "adapt_version": __version__,
         }
-        parents = [ParentLink(i.ref, w, role="compose-input", params={"digest": i.digest})
-                   for i, w in zip(infos, weights, strict=True)]
+        parents = [ParentLink(i.ref, w, role="compose-input",
+                              params={"digest": i.digest, **({"converted": c} if c else {})})
+                   for i, w, c in zip(infos, weights, conversions, strict=True)]
         return reg.add(out, name=name, parents=parents, recipe=recipe,
                        base_fingerprint=fps.pop() if fps else None,
                        source=f"compose:{options.method}")

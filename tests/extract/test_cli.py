@@ -73,3 +73,38 @@ def test_convert_registers_exact_lora_with_source_as_parent(
     assert lora.code == ExitCode.USAGE and "already a LoRA" in lora.err
     bad = run_adapt(capsys, "convert", "my-loha", "--to", "loha")
     assert bad.code == ExitCode.USAGE
+
+
+def test_compose_convert_takes_a_loha_through_its_exact_lora(
+    capsys, registry, llama_base, method_adapters, tmp_path
+) -> None:
+    from peft import LoHaConfig, LoraConfig
+
+    from tests.extract.conftest import peft_deltas
+
+    loha = method_adapters("loha-compose", LoHaConfig(r=2, alpha=4, target_modules=["q_proj"],
+                                                      init_weights=False))
+    lora = method_adapters("lora-compose", LoraConfig(r=2, lora_alpha=4,
+                                                      target_modules=["q_proj"],
+                                                      init_lora_weights=False))
+    for path, name in ((loha, "h"), (lora, "l")):
+        assert run_adapt(capsys, "add", path, "--name", name, "--base", llama_base).code == 0
+    refused = run_adapt(capsys, "compose", "h", "l", "--method", "cat", "--name", "mix")
+    assert refused.code == ExitCode.UNSUPPORTED, refused.err
+    res = run_adapt(capsys, "compose", "h", "l*0.5", "--method", "cat", "--name", "mix",
+                    "--convert", "--json")
+    assert res.code == 0, res.err
+    shown = json.loads(res.out)
+    converted = shown["recipe"]["inputs"][0]["converted"]
+    assert converted["from"] == "LOHA" and converted["exact"]
+    assert "converted" not in shown["recipe"]["inputs"][1]
+    assert shown["parents"][0]["params"]["converted"]["exact"]
+    # the composed LoRA's delta is the LoHa's delta plus half the LoRA's (PEFT as the oracle)
+    out = tmp_path / "mix"
+    assert run_adapt(capsys, "export", "mix", out).code == 0
+    want_h, want_l = peft_deltas(llama_base, loha), peft_deltas(llama_base, lora)
+    got = peft_deltas(llama_base, out)
+    assert got and set(got) == set(want_h)
+    for module, delta in got.items():
+        want = want_h[module] + 0.5 * want_l[module]
+        assert (delta - want).abs().max() <= 1e-5 * max(1.0, float(want.abs().max()))
