@@ -81,11 +81,14 @@ assert tuple(name for name, _ in MIGRATIONS) == MIGRATION_NAMES, "update migrati
 
 def pending_migrations(engine: Engine) -> list[str]:
     """Names of migrations not yet applied, read without taking the write lock."""
-    table = models.Migration.__table__  # type: ignore[attr-defined]
-    with engine.connect() as conn:
-        if not inspect(conn).has_table(table.name):
-            return [name for name, _ in MIGRATIONS]
-        done = {row[0] for row in conn.execute(text("SELECT name FROM adapt_migration"))}
+    from sqlalchemy.exc import DBAPIError
+
+    # one cheap query (no schema reflection) on every open: this runs before every command
+    try:
+        with engine.connect() as conn:
+            done = {row[0] for row in conn.execute(text("SELECT name FROM adapt_migration"))}
+    except DBAPIError:  # no table yet: a new database
+        return [name for name, _ in MIGRATIONS]
     return [name for name, _ in MIGRATIONS if name not in done]
 
 

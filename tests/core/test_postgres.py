@@ -52,7 +52,7 @@ def test_registry_works_on_postgresql(pg_url: str, tiny_lora: Path, tiny_lora_r8
         assert reg.show("pg")["scores"][0]["value"] == 3.5
         by_base = reg.list_versions(base=v1.base_fingerprint[:12], all_versions=True)
         assert [r["ref"] for r in by_base] == ["pg@1"]
-        reg.remove("pg@1")
+        reg.remove("pg@1", force=True)  # tagged prod: rm needs --force
         assert len(reg.gc().removed_blobs) == 2
         assert reg.fsck().ok
 
