@@ -32,6 +32,7 @@ from registry.ops.deltas import (
 )
 from registry.ops.extract import low_rank_factors, write_lora_dir
 from registry.ops.lora_algebra import RANK_RTOL, FactoredSVD, energy_rank, factored_svd, truncate
+from registry.ops.options import check_rank_budget
 from registry.peft_dir import AdapterDir, load_tensors
 
 if TYPE_CHECKING:
@@ -58,15 +59,7 @@ class ConvertOptions:
     def __post_init__(self) -> None:
         if self.rank is not None and self.energy is not None:
             raise UsageError("give at most one of --rank and --energy")
-        if self.rank is not None and not (isinstance(self.rank, int) and 1 <= self.rank <= 65536):
-            raise UsageError(f"--rank must be an integer in [1, 65536], got {self.rank!r}")
-        if self.energy is not None and not (
-            isinstance(self.energy, int | float) and math.isfinite(self.energy)
-            and 0 < self.energy <= 1
-        ):
-            raise UsageError(f"--energy must be in (0, 1], got {self.energy!r}")
-        if self.max_rank is not None and not 1 <= self.max_rank <= 65536:
-            raise UsageError(f"--max-rank must be in [1, 65536], got {self.max_rank!r}")
+        check_rank_budget(self.rank, self.energy, self.max_rank)
 
 
 @dataclass

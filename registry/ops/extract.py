@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry.checkpoint import Checkpoint, open_checkpoint
 from registry.errors import AlreadyExists, IncompatibleBase, InvalidModel, UsageError
+from registry.ops.options import check_rank_budget
 from registry.peft_dir import CONFIG_NAME, WEIGHTS_NAME
 
 if TYPE_CHECKING:
@@ -58,15 +59,7 @@ class ExtractOptions:
     def __post_init__(self) -> None:
         if (self.rank is None) == (self.energy is None):
             raise UsageError("give exactly one of --rank and --energy")
-        if self.rank is not None and not (isinstance(self.rank, int) and 1 <= self.rank <= 65536):
-            raise UsageError(f"--rank must be an integer in [1, 65536], got {self.rank!r}")
-        if self.energy is not None and not (
-            isinstance(self.energy, int | float) and math.isfinite(self.energy)
-            and 0 < self.energy <= 1
-        ):
-            raise UsageError(f"--energy must be in (0, 1], got {self.energy!r}")
-        if self.max_rank is not None and not 1 <= self.max_rank <= 65536:
-            raise UsageError(f"--max-rank must be in [1, 65536], got {self.max_rank!r}")
+        check_rank_budget(self.rank, self.energy, self.max_rank)
         if not 0 <= self.oversample <= 1024 or not 0 <= self.power_iters <= 32:
             raise UsageError("oversample must be in [0, 1024] and power_iters in [0, 32]")
         if self.modules is not None:

@@ -131,3 +131,17 @@ class ComposeOptions:
     def recorded_seed(self) -> int | None:
         """The seed a recipe records: DARE's masks always come from one (0 by default)."""
         return self.seed if self.seed is not None or not self.method.startswith("dare") else 0
+
+
+def check_rank_budget(rank: int | None, energy: float | None, max_rank: int | None) -> None:
+    """The rank choices extraction and conversion share: a rank, an energy fraction, a cap."""
+    import math
+
+    if rank is not None and not (isinstance(rank, int) and 1 <= rank <= 65536):
+        raise UsageError(f"--rank must be an integer in [1, 65536], got {rank!r}")
+    if energy is not None and not (
+        isinstance(energy, int | float) and math.isfinite(energy) and 0 < energy <= 1
+    ):
+        raise UsageError(f"--energy must be in (0, 1], got {energy!r}")
+    if max_rank is not None and not (isinstance(max_rank, int) and 1 <= max_rank <= 65536):
+        raise UsageError(f"--max-rank must be in [1, 65536], got {max_rank!r}")
