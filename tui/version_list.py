@@ -45,9 +45,14 @@ def _local_key(column: str, row: VersionSummary, bases: dict[str, str]) -> Any:
         return (0, row.version, row.name)
     if column == "base":
         return (0, base_label(row, bases), row.name)
-    if column == "best":
-        value = best_score(row.scores)[1]
-        return (value is None, value or 0.0, row.name)
+    if column == "best":  # best first, by each metric's direction (the rule `adapt best` uses)
+        from registry.scoring import headline_metric, known_direction
+
+        metric = headline_metric(row.scores)
+        if metric is None:
+            return (True, 0.0, row.name)
+        value = row.scores[metric]
+        return (False, -value if known_direction(metric) else value, row.name)
     if column == "tags":
         return (not row.tags, ",".join(row.tags), row.name)
     return (0, str(row.get(column)), row.name)

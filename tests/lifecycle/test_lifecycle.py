@@ -208,3 +208,14 @@ def test_the_tui_best_cell_uses_the_same_rule(registry: Registry, loras: list[Pa
     assert best_score(row.scores) == ("loss 2.1", 2.1)  # not the base's loss, not a timing
     registry.add_score("a@1", "accuracy", 0.8)
     assert best_score(registry.list_versions()[0].scores) == ("accuracy 0.8", 0.8)
+
+
+def test_the_tui_best_column_sorts_best_first_by_direction(registry: Registry,
+                                                           loras: list[Path]) -> None:
+    from tui.version_list import _local_key
+
+    for i, loss in enumerate((3.0, 1.0, 2.0)):
+        registry.add(loras[i], name=f"v{i}")
+        registry.add_score(f"v{i}@1", "validate.loss", loss)
+    rows = sorted(registry.list_versions(), key=lambda r: _local_key("best", r, {}))
+    assert [r.name for r in rows] == ["v1", "v2", "v0"]  # lowest loss first
