@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Row, machine
+from benchmarks.common import Row, llama_shapes, machine, numel, plan_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 MERGEKIT = ROOT / ".venv-mergekit" / "bin" / "mergekit-extract-lora"
@@ -39,23 +39,6 @@ QUICK = dict(vocab_size=1000, hidden_size=256, intermediate_size=688, num_hidden
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SHARD_BYTES = 400_000_000
 
-
-def _shapes(cfg: dict[str, int]) -> dict[str, tuple[int, ...]]:
-    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
-    for n in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{n}"
-        out.update({
-            f"{p}.input_layernorm.weight": (h,), f"{p}.post_attention_layernorm.weight": (h,),
-            f"{p}.self_attn.q_proj.weight": (h, h), f"{p}.self_attn.k_proj.weight": (kv, h),
-            f"{p}.self_attn.v_proj.weight": (kv, h), f"{p}.self_attn.o_proj.weight": (h, h),
-            f"{p}.mlp.gate_proj.weight": (i, h), f"{p}.mlp.up_proj.weight": (i, h),
-            f"{p}.mlp.down_proj.weight": (h, i),
-        })
-    out["model.norm.weight"] = (h,)
-    out["lm_head.weight"] = (v, h)
-    return out
 
 
 def _is_linear(name: str) -> bool:
@@ -71,16 +54,8 @@ def build(out: Path, cfg: dict[str, int]) -> tuple[Path, Path]:
     base, tuned = out / "base", out / "tuned"
     base.mkdir(parents=True)
     tuned.mkdir()
-    shapes = _shapes(cfg)
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name, shape in shapes.items():
-        nbytes = 2 * _numel(shape)
-        if shards[-1] and size + nbytes > SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
+    shapes = llama_shapes(cfg)
+    shards = plan_shards(shapes, SHARD_BYTES)
     weight_map = {}
     # factor entries ~ N(0, sigma^2): B A has entries of std ~ 0.004, a fifth of W's 0.02
     sigma = (0.004 / RANK**0.5) ** 0.5
@@ -100,7 +75,7 @@ def build(out: Path, cfg: dict[str, int]) -> tuple[Path, Path]:
         save_file(t_tensors, str(tuned / file), metadata={"format": "pt"})
         del b_tensors, t_tensors
         weight_map.update(dict.fromkeys(names, file))
-    total = sum(2 * _numel(s) for s in shapes.values())
+    total = sum(2 * numel(s) for s in shapes.values())
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "bfloat16",
               "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "hidden_act": "silu", **cfg}
     for d in (base, tuned):
@@ -110,11 +85,6 @@ def build(out: Path, cfg: dict[str, int]) -> tuple[Path, Path]:
     return base, tuned
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _cpu_run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
@@ -201,7 +171,7 @@ def run(quick: bool) -> list[Row]:
         with Registry(home=tmp / "home") as reg:
             adapt_out = reg.checkout("bench")
         layers = cfg["num_hidden_layers"]
-        modules = [n.removesuffix(".weight") for n in _shapes(cfg) if _is_linear(n)
+        modules = [n.removesuffix(".weight") for n in llama_shapes(cfg) if _is_linear(n)
                    and (n.startswith("model.layers.0.") or
                         n.startswith(f"model.layers.{layers - 1}."))]
         sides: dict[str, Path] = {"adapt": adapt_out}

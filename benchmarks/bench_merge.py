@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Row, machine, run_process
+from benchmarks.common import Row, llama_shapes, machine, numel, plan_shards, run_process
 
 ROOT = Path(__file__).resolve().parent.parent
 # ~750M parameters: 1.5 GB in bf16
@@ -41,23 +41,6 @@ merged.save_pretrained(out, safe_serialization=True)
 """
 
 
-def _shapes(cfg: dict[str, int]) -> dict[str, tuple[int, ...]]:
-    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
-    for n in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{n}"
-        out.update({
-            f"{p}.input_layernorm.weight": (h,), f"{p}.post_attention_layernorm.weight": (h,),
-            f"{p}.self_attn.q_proj.weight": (h, h), f"{p}.self_attn.k_proj.weight": (kv, h),
-            f"{p}.self_attn.v_proj.weight": (kv, h), f"{p}.self_attn.o_proj.weight": (h, h),
-            f"{p}.mlp.gate_proj.weight": (i, h), f"{p}.mlp.up_proj.weight": (i, h),
-            f"{p}.mlp.down_proj.weight": (h, i),
-        })
-    out["model.norm.weight"] = (h,)
-    out["lm_head.weight"] = (v, h)
-    return out
-
 
 def build(out: Path, cfg: dict[str, int]) -> tuple[Path, Path]:
     """Write a random bf16 Llama checkpoint (sharded, with index) and a LoRA for it."""
@@ -68,16 +51,8 @@ def build(out: Path, cfg: dict[str, int]) -> tuple[Path, Path]:
     base, lora = out / "base", out / "lora"
     base.mkdir(parents=True)
     lora.mkdir()
-    shapes = _shapes(cfg)
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name, shape in shapes.items():
-        nbytes = 2 * _numel(shape)
-        if shards[-1] and size + nbytes > SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
+    shapes = llama_shapes(cfg)
+    shards = plan_shards(shapes, SHARD_BYTES)
     weight_map = {}
     for k, names in enumerate(shards, 1):
         file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
@@ -86,7 +61,7 @@ def build(out: Path, cfg: dict[str, int]) -> tuple[Path, Path]:
         save_file(tensors, str(base / file), metadata={"format": "pt"})
         del tensors
         weight_map.update(dict.fromkeys(names, file))
-    total = sum(2 * _numel(s) for s in shapes.values())
+    total = sum(2 * numel(s) for s in shapes.values())
     (base / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "bfloat16",
@@ -110,11 +85,6 @@ def build(out: Path, cfg: dict[str, int]) -> tuple[Path, Path]:
     return base, lora
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _agreement(ours: Path, peft_out: Path) -> float:
