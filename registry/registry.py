@@ -487,8 +487,11 @@ class Registry:
         return [self.resolve(f"{name}@{n}") for n in hub_rows.version_numbers(self.catalog, name)]
 
     def run_details(self, run_ids: list[int]) -> dict[int, dict[str, Any]]:
-        """Figures and gates of validation runs by id."""
-        return hub_rows.runs_by_id(self.catalog, run_ids)
+        """Figures and gates of validation runs by id, as stored (for the manifest)."""
+        from registry.catalog import runs as run_rows
+
+        return {i: {"figures": r.figures, "gates": r.stored_gates}
+                for i, r in run_rows.runs_by_id(self.catalog, run_ids).items()}
 
     def base_choices(self) -> list[BaseChoice]:
         """Bases that registered versions point at, with how many versions each."""

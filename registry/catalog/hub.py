@@ -112,18 +112,3 @@ def version_numbers(cat: Catalog, name: str) -> list[int]:
         return [r[0] for r in tx.all(
             "SELECT v.version FROM adapter_version v JOIN adapter a ON a.id = v.adapter_id "
             "WHERE a.name = :n ORDER BY v.version", n=name)]
-
-
-def runs_by_id(cat: Catalog, ids: list[int]) -> dict[int, dict[str, Any]]:
-    """Figures and gates of validation runs, by id (for the manifest)."""
-    from registry.catalog.sql import in_clause, json_out
-
-    if not ids:
-        return {}
-    clause, params = in_clause("id", ids)
-    with cat.tx() as tx:
-        return {
-            i: {"figures": json_out(fig), "gates": json_out(gates)}
-            for i, fig, gates in tx.all(
-                f"SELECT id, figures, gates FROM validation_run WHERE id IN {clause}", **params)
-        }
