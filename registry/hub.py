@@ -214,10 +214,6 @@ def default_repo_id(reg: Registry, name: str, api: HfApi) -> str:
     return f"{user}/{name}"
 
 
-def _versions_of(reg: Registry, name: str) -> list[VersionInfo]:
-    return reg.versions_of(name)
-
-
 def stage_version(reg: Registry, info: VersionInfo, repo_id: str, tmp: Path, *,
                   publish_tags: bool = False, license: str | None = None) -> dict[str, Path]:
     """The files of one version's commit: PEFT files, adapt.json and README.md.
@@ -238,11 +234,6 @@ def stage_version(reg: Registry, info: VersionInfo, repo_id: str, tmp: Path, *,
     return files
 
 
-def _record_link(reg: Registry, version_id: int, repo: str, commit: str, tag: str | None,
-                 direction: str) -> None:
-    reg.record_hub_link(version_id, repo, commit, tag, direction)
-
-
 def push(reg: Registry, ref: str, *, repo: str | None = None, private: bool = False,
          all_versions: bool = False, on_progress: Progress | None = None,
          publish_tags: bool = False, license: str | None = None) -> PushResult:
@@ -260,7 +251,7 @@ def push(reg: Registry, ref: str, *, repo: str | None = None, private: bool = Fa
     info = reg.resolve(ref)
     api = hub_api()
     repo_id = repo or default_repo_id(reg, info.name, api)
-    versions = _versions_of(reg, info.name) if all_versions else [info]
+    versions = reg.versions_of(info.name) if all_versions else [info]
     total = sum(v.size_bytes for v in versions)
     done = 0
     if on_progress:
@@ -290,7 +281,7 @@ def push(reg: Registry, ref: str, *, repo: str | None = None, private: bool = Fa
                     # published tags are immutable: newer scores or tags stay local
                     state = "unchanged" if same_meta else "metadata-differs"
                     results.append(PushedVersion(v.ref, tag, tags[tag], state))
-                    _record_link(reg, v.id, repo_id, tags[tag], tag, "push")
+                    reg.record_hub_link(v.id, repo_id, tags[tag], tag, "push")
                     done += v.size_bytes
                     if on_progress:
                         on_progress(done, total)
@@ -321,7 +312,7 @@ def push(reg: Registry, ref: str, *, repo: str | None = None, private: bool = Fa
                 api.create_tag(repo_id, tag=tag, revision=commit)
                 tags[tag] = head = commit
                 newest = max(newest, v.version)
-                _record_link(reg, v.id, repo_id, commit, tag, "push")
+                reg.record_hub_link(v.id, repo_id, commit, tag, "push")
                 results.append(PushedVersion(
                     v.ref, tag, commit, "pushed", changed,
                     sum(staged[p].stat().st_size for p in changed),
@@ -623,7 +614,7 @@ def remote_status(reg: Registry, ref: str, *, repo: str | None = None) -> dict[s
     info = reg.resolve(ref)
     api = hub_api()
     repo_id = repo or default_repo_id(reg, info.name, api)
-    local = _versions_of(reg, info.name)
+    local = reg.versions_of(info.name)
     with hub_errors(repo_id):
         try:
             refs = api.list_repo_refs(repo_id)
